@@ -1,0 +1,55 @@
+-- shardfill's own tables. Every statement is idempotent so any process may
+-- run this on start; callers serialise it with an advisory lock because
+-- concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs.
+-- _SCHEMA_ is replaced by the sanitized --schema identifier.
+
+CREATE SCHEMA IF NOT EXISTS _SCHEMA_;
+
+-- One row per backfill run. The watermark target is fixed when the run is
+-- planned (database now() - 5 minutes) so rows written while the run works
+-- remain the cron job's.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.run (
+    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    state                text NOT NULL DEFAULT 'planned'
+                         CHECK (state IN ('planned', 'running', 'done', 'failed', 'interrupted', 'superseded')),
+    planned_at           timestamptz NOT NULL DEFAULT now(),
+    watermark_target     timestamptz NOT NULL,
+    range_from           timestamptz,
+    slices_total         bigint NOT NULL DEFAULT 0,
+    rows_total           bigint NOT NULL DEFAULT 0,
+    logic_version        text NOT NULL,
+    started_at           timestamptz,
+    finished_at          timestamptz,
+    watermark_stamped_at timestamptz,
+    last_error           text
+);
+
+-- One row per slice. Slice ids are assigned largest-first at planning, so
+-- claiming in id order starts the big slices early and the pool drains
+-- evenly. (owner, attempts) is the fencing token of a claim.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
+    run_id       bigint NOT NULL REFERENCES _SCHEMA_.run (id) ON DELETE CASCADE,
+    id           bigint NOT NULL,
+    workspace_id uuid NOT NULL,
+    from_ts      timestamptz NOT NULL,
+    to_ts        timestamptz NOT NULL,
+    est_rows     bigint NOT NULL,
+    state        text NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts     integer NOT NULL DEFAULT 0,
+    owner        text,
+    -- backend pid of the owner's lock connection: once that backend no
+    -- longer holds the cron lock the owner is gone and its slice can be
+    -- reclaimed before the lease runs out.
+    owner_pid    integer,
+    lease_until  timestamptz,
+    rows_written bigint,
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    error        text,
+    PRIMARY KEY (run_id, id)
+);
+
+CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';

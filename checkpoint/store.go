@@ -1,0 +1,438 @@
+package checkpoint
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shardfill/shardfill/shard"
+)
+
+//go:embed schema.sql
+var schemaSQL string
+
+// Run states as stored and reported by status.
+const (
+	StatePlanned     = "planned"
+	StateRunning     = "running"
+	StateDone        = "done"
+	StateFailed      = "failed"
+	StateInterrupted = "interrupted"
+	StateSuperseded  = "superseded"
+)
+
+// lockClass is the first half of the two-key advisory locks that serialise
+// migrations and planning per schema. Two-key locks live in a key space of
+// their own, so they never collide with the cron job's single key 4246.
+const lockClass = 4246
+
+// ErrLostClaim is returned by Complete when the slice is no longer this
+// worker's claim: its lease expired and another worker took it over.
+var ErrLostClaim = errors.New("claim lost: the slice was taken over by another worker")
+
+// Store reads and writes the checkpoint tables of one schema.
+type Store struct {
+	db     *pgxpool.Pool
+	schema string // as given, for messages and lock keys
+	ident  string // sanitized, for SQL
+}
+
+// New returns a Store for the checkpoint tables in schema.
+func New(db *pgxpool.Pool, schema string) *Store {
+	return &Store{db: db, schema: schema, ident: pgx.Identifier{schema}.Sanitize()}
+}
+
+// q qualifies the table names of a statement with the store's schema.
+func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "_SCHEMA_", s.ident) }
+
+// Migrate creates the checkpoint schema and tables if they do not exist.
+func (s *Store) Migrate(ctx context.Context) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, "migrate:"+s.schema); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, s.q(schemaSQL))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create checkpoint schema %s: %w", s.schema, err)
+	}
+	return nil
+}
+
+// Installed reports whether the checkpoint tables exist, so read-only
+// commands can answer "no run yet" without creating anything.
+func (s *Store) Installed(ctx context.Context) (bool, error) {
+	var ok bool
+	err := s.db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, s.ident+".slice").Scan(&ok)
+	return ok, err
+}
+
+// Run is one backfill as stored.
+type Run struct {
+	ID              int64
+	State           string
+	PlannedAt       time.Time
+	WatermarkTarget time.Time
+	RangeFrom       *time.Time
+	SlicesTotal     int64
+	RowsTotal       int64
+	LogicVersion    string
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	StampedAt       *time.Time
+	LastError       *string
+}
+
+// Finished reports whether the run needs no more work.
+func (r *Run) Finished() bool { return r.State == StateDone || r.State == StateSuperseded }
+
+const runColumns = `id, state, planned_at, watermark_target, range_from, slices_total, rows_total,
+	logic_version, started_at, finished_at, watermark_stamped_at, last_error`
+
+func scanRun(row pgx.Row) (*Run, error) {
+	var r Run
+	err := row.Scan(&r.ID, &r.State, &r.PlannedAt, &r.WatermarkTarget, &r.RangeFrom, &r.SlicesTotal,
+		&r.RowsTotal, &r.LogicVersion, &r.StartedAt, &r.FinishedAt, &r.StampedAt, &r.LastError)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return &r, err
+}
+
+// LatestRun returns the newest run, or nil when there is none.
+func (s *Store) LatestRun(ctx context.Context) (*Run, error) {
+	return scanRun(s.db.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run ORDER BY id DESC LIMIT 1`)))
+}
+
+// GetRun returns run id, or nil when there is no such run.
+func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
+	return scanRun(s.db.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// PlanSpec describes how to plan a new run.
+type PlanSpec struct {
+	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
+	// est_rows; its only parameter $1 is RangeFrom (or -infinity).
+	SourceSQL string
+	// RangeFrom is the lower time bound (--months-back); nil = all history.
+	RangeFrom *time.Time
+	// LogicVersion identifies the slice SQL the run is planned for.
+	LogicVersion string
+	// NewRun plans a fresh run even if the latest one is unfinished.
+	NewRun bool
+}
+
+// Start resumes the latest unfinished run or plans a new one, in one
+// transaction serialised per schema so that processes started together all
+// join the same run. It reports whether the run was planned now. A finished
+// latest run is returned as is unless spec.NewRun is set.
+func (s *Store) Start(ctx context.Context, spec PlanSpec) (run *Run, planned bool, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, "plan:"+s.schema); err != nil {
+			return err
+		}
+		latest, err := scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run ORDER BY id DESC LIMIT 1`)))
+		if err != nil {
+			return err
+		}
+		if latest != nil && !spec.NewRun {
+			run = latest
+			if latest.Finished() {
+				return nil
+			}
+			return s.reopen(ctx, tx, latest)
+		}
+		if latest != nil && !latest.Finished() {
+			if _, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'superseded', finished_at = now() WHERE id = $1`), latest.ID); err != nil {
+				return err
+			}
+		}
+		run, err = s.plan(ctx, tx, spec)
+		planned = true
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("start run: %w", err)
+	}
+	return run, planned, nil
+}
+
+// reopen makes an unfinished run runnable again: failed slices get another
+// chance, and the run is marked running.
+func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
+	_, err := tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice SET state = 'pending', owner = NULL, owner_pid = NULL, lease_until = NULL
+		WHERE run_id = $1 AND state = 'failed'`), run.ID)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.run SET state = 'running', started_at = coalesce(started_at, now()), last_error = NULL
+		WHERE id = $1`), run.ID)
+	run.State = StateRunning
+	return err
+}
+
+// plan inserts a run and its slices. Slice ids follow descending size, so
+// claiming in id order starts the largest slices first.
+func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
+	var id int64
+	err := tx.QueryRow(ctx, s.q(`
+		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, now())
+		RETURNING id`), spec.RangeFrom, spec.LogicVersion).Scan(&id)
+	if err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows)
+		SELECT $2, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
+		       workspace_id, from_ts, to_ts, est_rows
+		FROM (`+spec.SourceSQL+`) src`), lowerBound(spec.RangeFrom), id)
+	if err != nil {
+		return nil, fmt.Errorf("plan slices: %w", err)
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.run r SET slices_total = c.n, rows_total = c.rows
+		FROM (SELECT count(*) AS n, coalesce(sum(est_rows), 0) AS rows FROM _SCHEMA_.slice WHERE run_id = $1) c
+		WHERE r.id = $1`), id)
+	if err != nil {
+		return nil, err
+	}
+	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// lowerBound turns an optional bound into a timestamptz parameter.
+func lowerBound(from *time.Time) any {
+	if from == nil {
+		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+	}
+	return *from
+}
+
+// Claim is one worker's hold on a slice.
+type Claim struct {
+	Owner string // process identity, also written to the slice row
+	PID   int    // backend pid of the owner's cron-lock connection
+}
+
+// Claim takes up to n pending slices of run for owner (largest first) and,
+// when none are pending, slices whose owner is gone: lease expired, or its
+// lock connection no longer holds the cron lock.
+func (s *Store) Claim(ctx context.Context, runID int64, c Claim, n int, lease time.Duration) ([]shard.Slice, error) {
+	got, err := s.claim(ctx, `state = 'pending'`, runID, c, n, lease)
+	if err != nil || len(got) > 0 {
+		return got, err
+	}
+	return s.claim(ctx, `state = 'running' AND (lease_until < now() OR NOT EXISTS (
+			SELECT 1 FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+			  AND l.granted AND l.pid = _SCHEMA_.slice.owner_pid))`, runID, c, n, lease)
+}
+
+func (s *Store) claim(ctx context.Context, cond string, runID int64, c Claim, n int, lease time.Duration) ([]shard.Slice, error) {
+	rows, err := s.db.Query(ctx, s.q(`
+		WITH c AS (
+			SELECT run_id, id FROM _SCHEMA_.slice
+			WHERE run_id = $1 AND `+cond+`
+			ORDER BY id LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE _SCHEMA_.slice s
+		SET state = 'running', owner = $3, owner_pid = $4, attempts = s.attempts + 1,
+		    lease_until = now() + $5 * interval '1 millisecond', started_at = now(), error = NULL
+		FROM c WHERE s.run_id = c.run_id AND s.id = c.id
+		RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts`),
+		runID, n, c.Owner, c.PID, lease.Milliseconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim slices: %w", err)
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
+		var sl shard.Slice
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt)
+		return sl, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim slices: %w", err)
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i].ID < got[j].ID })
+	return got, nil
+}
+
+// ErrNotProtected is returned by Fence when the owner's lock connection no
+// longer holds the cron lock: committing now could race the cron job.
+var ErrNotProtected = errors.New("the cron lock (4246) is no longer held by this process")
+
+// Fence locks the slice row inside tx and checks that it is still c's claim
+// and that c's lock connection still holds the cron lock. Holding the row
+// lock until commit keeps any other worker from taking the slice over while
+// this transaction writes its rollup rows.
+func (s *Store) Fence(ctx context.Context, tx pgx.Tx, sl shard.Slice, c Claim) error {
+	var protected bool
+	err := tx.QueryRow(ctx, s.q(`
+		SELECT EXISTS (SELECT 1 FROM pg_locks l
+		               WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+		                 AND l.granted AND l.pid = $5)
+		FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND id = $2 AND owner = $3 AND attempts = $4 AND state = 'running'
+		FOR UPDATE`), sl.RunID, sl.ID, c.Owner, sl.Attempt, c.PID).Scan(&protected)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrLostClaim
+	}
+	if err == nil && !protected {
+		return ErrNotProtected
+	}
+	return err
+}
+
+// Complete marks the slice done inside tx, the transaction that wrote its
+// rollup rows, so progress and data commit together. Call Fence first.
+func (s *Store) Complete(ctx context.Context, tx pgx.Tx, sl shard.Slice, rows int64) error {
+	_, err := tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice
+		SET state = 'done', rows_written = $3, finished_at = now(), lease_until = NULL, error = NULL
+		WHERE run_id = $1 AND id = $2`), sl.RunID, sl.ID, rows)
+	return err
+}
+
+// Fail records a slice's permanent error. It does nothing if the claim was
+// lost meanwhile: the slice belongs to someone else now.
+func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, cause error) error {
+	_, err := s.db.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice
+		SET state = 'failed', error = $5, finished_at = now(), lease_until = NULL
+		WHERE run_id = $1 AND id = $2 AND owner = $3 AND attempts = $4 AND state = 'running'`),
+		sl.RunID, sl.ID, owner, sl.Attempt, cause.Error())
+	return err
+}
+
+// Release hands owner's unfinished claims back as pending, so a graceful stop
+// leaves nothing for others to wait out.
+func (s *Store) Release(ctx context.Context, runID int64, owner string) error {
+	_, err := s.db.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice
+		SET state = 'pending', owner = NULL, owner_pid = NULL, lease_until = NULL
+		WHERE run_id = $1 AND owner = $2 AND state = 'running'`), runID, owner)
+	return err
+}
+
+// Renew extends the leases of owner's claims. Rows locked by a slice
+// transaction are skipped: that lock already keeps them from being taken.
+func (s *Store) Renew(ctx context.Context, runID int64, owner string, lease time.Duration) error {
+	_, err := s.db.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice s SET lease_until = now() + $3 * interval '1 millisecond'
+		FROM (SELECT run_id, id FROM _SCHEMA_.slice
+		      WHERE run_id = $1 AND owner = $2 AND state = 'running'
+		      FOR UPDATE SKIP LOCKED) c
+		WHERE s.run_id = c.run_id AND s.id = c.id`), runID, owner, lease.Milliseconds())
+	return err
+}
+
+// Counts are the slices of a run by state.
+type Counts struct {
+	Total, Pending, Running, Done, Failed int64
+	RowsDone                              int64
+}
+
+// Unfinished is the number of slices that still need work.
+func (c Counts) Unfinished() int64 { return c.Pending + c.Running }
+
+func (s *Store) counts(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, runID int64) (Counts, error) {
+	var c Counts
+	err := q.QueryRow(ctx, s.q(`
+		SELECT count(*),
+		       count(*) FILTER (WHERE state = 'pending'),
+		       count(*) FILTER (WHERE state = 'running'),
+		       count(*) FILTER (WHERE state = 'done'),
+		       count(*) FILTER (WHERE state = 'failed'),
+		       coalesce(sum(est_rows) FILTER (WHERE state = 'done'), 0)
+		FROM _SCHEMA_.slice WHERE run_id = $1`), runID).
+		Scan(&c.Total, &c.Pending, &c.Running, &c.Done, &c.Failed, &c.RowsDone)
+	return c, err
+}
+
+// Counts returns the slices of run by state.
+func (s *Store) Counts(ctx context.Context, runID int64) (Counts, error) {
+	return s.counts(ctx, s.db, runID)
+}
+
+// Outcome is what Finish found and did.
+type Outcome struct {
+	Counts  Counts
+	Stamped bool // this call stamped the watermark
+	State   string
+}
+
+// StampFunc hands the rollup over to the cron job at the run's watermark
+// target; it reports false when there was nothing to stamp.
+type StampFunc func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error)
+
+// Finish closes the run if no slice is unfinished: done (stamping the
+// watermark through stamp, exactly once) when every slice is done, failed
+// when some failed. The run row is locked first, so when several processes
+// finish together exactly one of them sees the last slice done and stamps.
+func (s *Store) Finish(ctx context.Context, runID int64, stamp StampFunc) (Outcome, error) {
+	var out Outcome
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		var target time.Time
+		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
+			Scan(&out.State, &target)
+		if err != nil {
+			return err
+		}
+		if out.Counts, err = s.counts(ctx, tx, runID); err != nil {
+			return err
+		}
+		if out.State == StateDone || out.State == StateSuperseded || out.Counts.Unfinished() > 0 {
+			return nil
+		}
+		if out.Counts.Failed > 0 {
+			out.State = StateFailed
+			_, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'failed', finished_at = now(),
+				last_error = $2 WHERE id = $1`), runID, fmt.Sprintf("%d slices failed", out.Counts.Failed))
+			return err
+		}
+		if out.Stamped, err = stamp(ctx, tx, target); err != nil {
+			return err
+		}
+		out.State = StateDone
+		_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'done', finished_at = now(), last_error = NULL,
+			watermark_stamped_at = CASE WHEN $2 THEN now() END WHERE id = $1`), runID, out.Stamped)
+		return err
+	})
+	if err != nil {
+		return out, fmt.Errorf("finish run %d: %w", runID, err)
+	}
+	return out, nil
+}
+
+// SetState records a run state (running, interrupted) unless the run has
+// already ended.
+func (s *Store) SetState(ctx context.Context, runID int64, state string) error {
+	_, err := s.db.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = $2
+		WHERE id = $1 AND state NOT IN ('done', 'superseded', 'failed')`), runID, state)
+	return err
+}
+
+// OthersActive reports whether any slice of run is claimed by an owner other than
+// owner whose lock connection is still alive.
+func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bool, error) {
+	var active bool
+	err := s.db.QueryRow(ctx, s.q(`
+		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s JOIN pg_locks l
+		         ON l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+		        AND l.granted AND l.pid = s.owner_pid
+		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2)`), runID, owner).Scan(&active)
+	return active, err
+}

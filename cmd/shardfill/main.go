@@ -1,0 +1,52 @@
+// Command shardfill backfills the task_usage_hourly rollup in parallel,
+// resumably, and hands over to the cron job. See `shardfill --help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/shardfill/shardfill/engine"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		// After the first signal, a second one kills at once.
+		<-ctx.Done()
+		stop()
+	}()
+	out := newRedactor(os.Stdout)
+	errOut := newRedactor(os.Stderr)
+	err := newRootCmd(out, errOut).ExecuteContext(ctx)
+	if err != nil {
+		fmt.Fprintln(errOut, "shardfill:", err)
+	}
+	os.Exit(exitCode(err))
+}
+
+// exitCode maps an error to the exit codes of the CLI contract.
+func exitCode(err error) int {
+	var cfgErr *engine.ConfigError
+	var usage usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, engine.ErrInterrupted):
+		return 130
+	case errors.As(err, &cfgErr), errors.As(err, &usage):
+		return 2
+	default:
+		return 1
+	}
+}
+
+// usageError marks a command-line mistake (exit code 2).
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }

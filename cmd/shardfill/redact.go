@@ -1,0 +1,47 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/url"
+	"sync"
+)
+
+// redactor is a writer that blanks out secrets (the database password) in
+// everything written through it. Every byte shardfill prints passes through
+// one, so no error text, log line or progress output can leak a password,
+// whichever library produced it.
+type redactor struct {
+	mu      sync.Mutex
+	w       io.Writer
+	secrets [][]byte
+}
+
+func newRedactor(w io.Writer) *redactor { return &redactor{w: w} }
+
+// Add registers a secret, along with its URL-escaped forms.
+func (r *redactor) Add(secret string) {
+	if secret == "" {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret), url.UserPassword("x", secret).String()[2:]} {
+		r.secrets = append(r.secrets, []byte(s))
+	}
+}
+
+func (r *redactor) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := p
+	for _, s := range r.secrets {
+		if bytes.Contains(out, s) {
+			out = bytes.ReplaceAll(out, s, []byte("xxxxx"))
+		}
+	}
+	if _, err := r.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/job"
+)
+
+// defaultDatabaseURL is the serial command's default, kept for runbooks.
+const defaultDatabaseURL = "postgres://multica:multica@localhost:5432/multica?sslmode=disable"
+
+// globals are the flags every command shares, and the output they write to.
+type globals struct {
+	databaseURL string
+	schema      string
+	logFormat   string
+	out, errOut *redactor
+	log         *slog.Logger
+}
+
+func newRootCmd(out, errOut *redactor) *cobra.Command {
+	g := &globals{out: out, errOut: errOut}
+	root := &cobra.Command{
+		Use:   "shardfill",
+		Short: "Parallel, resumable backfill of task_usage_hourly",
+		Long: `shardfill backfills the task_usage_hourly rollup from task_usage in
+per-workspace month slices, on a bounded pool of workers behind a rate
+limiter. Every finished slice is checkpointed, so any interruption resumes
+where it stopped; the cron watermark is stamped once every slice is done.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return g.setup()
+		},
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.databaseURL, "database-url", "",
+		"target database (default $DATABASE_URL, else the libpq PG* variables, else "+redactURL(defaultDatabaseURL)+")")
+	pf.StringVar(&g.schema, "schema", "shardfill", "schema of shardfill's checkpoint tables (created on first use)")
+	pf.StringVar(&g.logFormat, "log-format", "text", "structured logs on stderr: text or json")
+
+	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g))
+	return root
+}
+
+// setup validates the shared flags and prepares logging.
+func (g *globals) setup() error {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	switch g.logFormat {
+	case "text":
+		g.log = slog.New(slog.NewTextHandler(g.errOut, opts))
+	case "json":
+		g.log = slog.New(slog.NewJSONHandler(g.errOut, opts))
+	default:
+		return usageError{fmt.Errorf("--log-format must be text or json, got %q", g.logFormat)}
+	}
+	if g.schema == "" {
+		return usageError{errors.New("--schema must not be empty")}
+	}
+	return nil
+}
+
+// resolveURL applies the contract's precedence: flag, $DATABASE_URL, the
+// libpq PG* variables (an empty string makes pgx read them), the default.
+func (g *globals) resolveURL() string {
+	if g.databaseURL != "" {
+		return g.databaseURL
+	}
+	if u := os.Getenv("DATABASE_URL"); u != "" {
+		return u
+	}
+	for _, kv := range os.Environ() {
+		for _, name := range []string{"PGHOST=", "PGPORT=", "PGDATABASE=", "PGUSER=", "PGSERVICE="} {
+			if strings.HasPrefix(kv, name) {
+				return ""
+			}
+		}
+	}
+	return defaultDatabaseURL
+}
+
+// connect opens a pool sized for concurrency workers plus the checkpoint
+// bookkeeping, after registering the password with the output redactors.
+func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, error) {
+	raw := g.resolveURL()
+	g.addSecret(os.Getenv("PGPASSWORD"))
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			g.addSecret(pw)
+		}
+	}
+	cfg, err := pgxpool.ParseConfig(raw)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("invalid database URL %s: %w", redactURL(raw), err)}
+	}
+	g.addSecret(cfg.ConnConfig.Password)
+	cfg.MaxConns = int32(concurrency + 3)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("cannot reach the database (check --database-url / DATABASE_URL and that the server is up): %w", err)
+	}
+	return pool, nil
+}
+
+func (g *globals) addSecret(s string) {
+	g.out.Add(s)
+	g.errOut.Add(s)
+}
+
+// redactURL hides the password of a connection URL for display.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// newEngine connects and builds an engine for the checkpoint schema.
+func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Engine, *pgxpool.Pool, error) {
+	pool, err := g.connect(ctx, max(cfg.Concurrency, 1))
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Logger = g.log
+	e, err := engine.New(pool, g.schema, job.Hourly{}, &cfg)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return e, pool, nil
+}
+
+func printf(w io.Writer, format string, args ...any) { fmt.Fprintf(w, format, args...) }

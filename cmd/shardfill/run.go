@@ -1,0 +1,149 @@
+package main
+
+import (
+	"errors"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// addPlanFlags binds the flags that decide which slices a new run has; run
+// and plan share them.
+func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
+	fs.IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months, the current one included (0 = all history)")
+	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
+	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	cfg := engine.Config{}
+	var dryRun, noProgress bool
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Plan (or resume) the backfill and execute it",
+		Long: `Plans a run (or resumes the unfinished one) and executes its slices.
+The watermark is stamped when every slice of the run is done. Interrupt at
+any time (SIGINT/SIGTERM): in-flight slices roll back, and running the same
+command again resumes. Several processes, on several hosts, may run it
+against one database at once: they share the run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			if dryRun {
+				return printPlan(cmd, g, cfg)
+			}
+			ctx := cmd.Context()
+			p := newProgress(g.errOut, !noProgress)
+			cfg.OnEvent = p.event
+			e, pool, err := g.newEngine(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			started := time.Now()
+			stopProgress := p.start(ctx)
+			res, err := e.Run(ctx)
+			stopProgress()
+			if res != nil && !res.NothingToDo {
+				printf(g.out, "run %d: %d slices executed by this process, %d rollup rows written in %s\n",
+					res.Run.ID, res.Executed, res.RowsWritten, time.Since(started).Round(time.Millisecond))
+			}
+			if errors.Is(err, engine.ErrInterrupted) && res != nil {
+				printf(g.out, "interrupted: run %d is checkpointed; run `shardfill run` again to resume\n", res.Run.ID)
+			}
+			if err != nil {
+				return err
+			}
+			switch {
+			case res.NothingToDo:
+				printf(g.out, "run %d is already done (watermark stamped %s); nothing to do. Use --new-run to backfill again.\n",
+					res.Run.ID, stampedAt(res.Run))
+			case res.Outcome.Stamped:
+				printf(g.out, "run %d done: watermark stamped at %s\n", res.Run.ID, res.Run.WatermarkTarget.UTC().Format(time.RFC3339))
+			case res.Outcome.State == "done":
+				printf(g.out, "run %d done, but the watermark was NOT stamped: task_usage_hourly_rollup_state has no row\n", res.Run.ID)
+			default:
+				printf(g.out, "run %d: this process found no more work; %d slices are still held by other processes\n",
+					res.Run.ID, res.Outcome.Counts.Unfinished())
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "slices in flight at once in this process")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "slices started per second across this process (0 = no limit)")
+	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst")
+	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
+	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 5, "tries of a slice on transient errors")
+	fs.DurationVar(&cfg.Lease, "lease", 60*time.Second, "how long a claimed slice stays this process's without renewal")
+	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", 0, "statement_timeout of each slice's transaction (0 = server default)")
+	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", 0, "lock_timeout of each slice's transaction (0 = server default)")
+	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress is still logged)")
+	addPlanFlags(fs, &cfg)
+	return cmd
+}
+
+func newPlanCmd(g *globals) *cobra.Command {
+	cfg := engine.Config{}
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Print the slices a run would have; write nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			return printPlan(cmd, g, cfg)
+		},
+	}
+	addPlanFlags(cmd.Flags(), &cfg)
+	return cmd
+}
+
+// printPlan is plan and run --dry-run: it reads and prints, nothing more.
+func printPlan(cmd *cobra.Command, g *globals, cfg engine.Config) error {
+	e, pool, err := g.newEngine(cmd.Context(), cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	p, err := e.Plan(cmd.Context(), 10)
+	if err != nil {
+		return err
+	}
+	w := g.out
+	if p.Resume != nil {
+		printf(w, "run would resume run %d (%s): %d of %d slices done, %d pending, %d failed\n",
+			p.Resume.ID, p.Resume.State, p.Counts.Done, p.Counts.Total, p.Counts.Pending, p.Counts.Failed)
+		printf(w, "a new run (--new-run) would have:\n")
+	}
+	rng := "all history"
+	if p.RangeFrom != nil {
+		rng = "from " + p.RangeFrom.UTC().Format("2006-01-02")
+	}
+	printf(w, "slices: %d (%s)\nestimated rows: %d\n", p.Slices, rng, p.Rows)
+	if len(p.Largest) > 0 {
+		printf(w, "largest slices:\n")
+		for _, s := range p.Largest {
+			printf(w, "  %s  %-10s  %d rows\n", s.Workspace, shard.Period(s.From, s.To), s.EstRows)
+		}
+	}
+	printf(w, "nothing was written\n")
+	return nil
+}
+
+// stampedAt renders when a run stamped the watermark.
+func stampedAt(r *checkpoint.Run) string {
+	if r.StampedAt == nil {
+		return "never"
+	}
+	return r.StampedAt.UTC().Format(time.RFC3339)
+}

@@ -1,0 +1,11 @@
+// Package engine runs a backfill: it plans (or resumes) a run in the
+// checkpoint tables, runs its slices on a bounded pool of workers behind a
+// rate limiter, retries what is transient, and stamps the cron watermark
+// once every slice is done.
+//
+// The engine holds the cron job's advisory lock (4246) in shared mode on a
+// dedicated connection for as long as it works, so the cron tick stays out;
+// several processes can hold it at once and share one run. Each slice's
+// rollup rows and its done mark commit in one transaction, so cancelling at
+// any instant loses nothing but the work in flight, which a re-run redoes.
+package engine

@@ -1,0 +1,450 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// Job is what the engine asks of the rollup it drives; job.Hourly is the
+// production implementation.
+type Job interface {
+	Version() string
+	Preflight(ctx context.Context, q job.Querier) error
+	PlanSQL() string
+	Apply(ctx context.Context, tx job.Querier, s shard.Slice) (int64, error)
+	Stamp(ctx context.Context, tx job.Querier, at time.Time) (bool, error)
+}
+
+// EventKind says what happened to a slice.
+type EventKind int
+
+const (
+	SliceDone   EventKind = iota // committed with its done mark
+	SliceRetry                   // transient error, will be tried again
+	SliceFailed                  // permanent error stored with the slice
+	SliceLost                    // claim taken over by another worker
+	RunStarted                   // the run was planned or resumed (Run, Counts)
+)
+
+// Event reports one slice's progress to the caller (progress bars, metrics).
+type Event struct {
+	Kind     EventKind
+	Slice    shard.Slice
+	Rows     int64 // rollup rows written (SliceDone)
+	Duration time.Duration
+	Err      error
+	Run      *checkpoint.Run   // RunStarted
+	Counts   checkpoint.Counts // RunStarted: slices by state when this process joined
+}
+
+// Engine runs backfills against one database.
+type Engine struct {
+	db    *pgxpool.Pool
+	store *checkpoint.Store
+	job   Job
+	cfg   Config
+}
+
+// New returns an Engine that keeps its checkpoints in schema. cfg may be nil.
+func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
+	c := Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &Engine{db: db, store: checkpoint.New(db, schema), job: j, cfg: c}, nil
+}
+
+// Store gives access to the checkpoint tables (status, tests).
+func (e *Engine) Store() *checkpoint.Store { return e.store }
+
+// Result is what a run did in this process.
+type Result struct {
+	Run         *checkpoint.Run
+	Planned     bool // the run was planned by this call (not resumed)
+	NothingToDo bool // the latest run was already done
+	Executed    int64
+	RowsWritten int64
+	Outcome     checkpoint.Outcome
+	Start       checkpoint.Counts // slice counts when this process joined
+}
+
+// Run plans or resumes the backfill and works until every slice is done, a
+// slice fails permanently, or ctx is cancelled (ErrInterrupted).
+func (e *Engine) Run(ctx context.Context) (*Result, error) {
+	log := e.cfg.Logger
+	if err := e.job.Preflight(ctx, e.db); err != nil {
+		return nil, err
+	}
+	rangeFrom, err := e.rangeFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	lock, err := acquireLock(ctx, e.db)
+	if err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	defer lock.Close()
+
+	if err := e.store.Migrate(ctx); err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
+		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun,
+	})
+	if err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	res := &Result{Run: run, Planned: planned}
+	if !planned && run.Finished() {
+		log.Info("latest run is already done; nothing to do (use --new-run to backfill again)", "run", run.ID)
+		res.NothingToDo = true
+		return res, nil
+	}
+	if run.LogicVersion != e.job.Version() {
+		return nil, &ConfigError{fmt.Sprintf("run %d was planned by another version of the slice logic (%s, this binary has %s); "+
+			"its progress cannot be trusted: start over with --new-run", run.ID, run.LogicVersion, e.job.Version())}
+	}
+	if res.Start, err = e.store.Counts(ctx, run.ID); err != nil {
+		return nil, interrupted(ctx, err)
+	}
+	if planned {
+		log.Info("planned run", "run", run.ID, "slices", run.SlicesTotal, "rows", run.RowsTotal,
+			"watermark_target", run.WatermarkTarget.UTC().Format(time.RFC3339))
+	} else {
+		log.Info("resuming run", "run", run.ID, "done", res.Start.Done, "of", res.Start.Total)
+	}
+	if e.cfg.OnEvent != nil {
+		e.cfg.OnEvent(Event{Kind: RunStarted, Run: run, Counts: res.Start})
+	}
+
+	workErr := e.work(ctx, lock, run.ID, res)
+	if workErr != nil {
+		// Hand back what we held, with a context of its own: ctx may be the
+		// cancelled one.
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := e.store.Release(cleanup, run.ID, e.cfg.Owner); err != nil {
+			log.Warn("could not release claims; they are reclaimed once this process's lock is gone", "err", err)
+		}
+		state := checkpoint.StateInterrupted
+		if ctx.Err() == nil {
+			state = checkpoint.StateFailed
+		}
+		if others, err := e.store.OthersActive(cleanup, run.ID, e.cfg.Owner); err == nil && !others {
+			_ = e.store.SetState(cleanup, run.ID, state)
+		}
+		return res, interrupted(ctx, workErr)
+	}
+
+	res.Outcome, err = e.store.Finish(ctx, run.ID, func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) {
+		return e.job.Stamp(ctx, tx, at)
+	})
+	if err != nil {
+		return res, interrupted(ctx, err)
+	}
+	switch {
+	case res.Outcome.State == checkpoint.StateFailed:
+		return res, &FailedError{RunID: run.ID, Failed: res.Outcome.Counts.Failed}
+	case res.Outcome.Stamped:
+		log.Info("run done; watermark stamped", "run", run.ID, "watermark_at", run.WatermarkTarget.UTC().Format(time.RFC3339))
+	case res.Outcome.State == checkpoint.StateDone:
+		log.Warn("run done but task_usage_hourly_rollup_state has no row id=1: watermark NOT stamped; "+
+			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
+	}
+	return res, nil
+}
+
+// interrupted maps any error caused by the cancellation of ctx to
+// ErrInterrupted, so the caller can tell a stop from a failure.
+func interrupted(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: in-flight slices rolled back; run `shardfill run` again to resume", ErrInterrupted)
+	}
+	return err
+}
+
+// rangeFrom turns --months-back into a lower bound, refusing to abandon
+// older history unless the operator forced it.
+func (e *Engine) rangeFrom(ctx context.Context) (*time.Time, error) {
+	if e.cfg.MonthsBack == 0 {
+		return nil, nil
+	}
+	from, err := e.monthsBackStart(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var older bool
+	if err := e.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM task_usage WHERE created_at < $1)`, from).Scan(&older); err != nil {
+		return nil, err
+	}
+	if older && !e.cfg.ForcePartial {
+		return nil, &ConfigError{fmt.Sprintf("refusing --months-back %d: task_usage holds rows before %s that this run would not roll up, "+
+			"yet the watermark would still advance past them; add --force-partial to accept that, or drop --months-back",
+			e.cfg.MonthsBack, from.Format("2006-01-02"))}
+	}
+	if older {
+		e.cfg.Logger.Warn("--force-partial: history before the range stays out of the rollup", "from", from.Format("2006-01-02"))
+	}
+	return &from, nil
+}
+
+// monthsBackStart is the first instant --months-back covers, by the
+// database's clock (the one the watermark is taken from).
+func (e *Engine) monthsBackStart(ctx context.Context) (time.Time, error) {
+	var now time.Time
+	if err := e.db.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return time.Time{}, err
+	}
+	return shard.MonthsBackStart(now, e.cfg.MonthsBack), nil
+}
+
+// work runs the worker pool until no slice of the run is left for it.
+func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Result) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		lock.watch(ctx, cancel)
+	}()
+	// The watcher uses the lock connection: it must be gone before the
+	// caller closes that connection.
+	defer func() {
+		cancel(nil)
+		<-watching
+	}()
+
+	limit := rate.Inf
+	if e.cfg.Rate > 0 {
+		limit = rate.Limit(e.cfg.Rate)
+	}
+	w := &workers{
+		e:       e,
+		lock:    lock,
+		runID:   runID,
+		limiter: rate.NewLimiter(limit, e.cfg.Burst),
+		claim:   checkpoint.Claim{Owner: e.cfg.Owner, PID: lock.pid},
+		done:    make(chan struct{}),
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.renew(gctx) })
+	var pool sync.WaitGroup
+	for range e.cfg.Concurrency {
+		pool.Add(1)
+		g.Go(func() error {
+			defer pool.Done()
+			return w.loop(gctx)
+		})
+	}
+	g.Go(func() error {
+		// The renewer stops once every worker is done.
+		pool.Wait()
+		close(w.done)
+		return nil
+	})
+	err := g.Wait()
+	res.Executed, res.RowsWritten = w.executed.Load(), w.rows.Load()
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return err
+}
+
+// workers is the shared state of one process's pool.
+type workers struct {
+	e        *Engine
+	lock     *cronLock
+	runID    int64
+	limiter  *rate.Limiter
+	claim    checkpoint.Claim
+	inFlight atomic.Int64
+	executed atomic.Int64
+	rows     atomic.Int64
+	done     chan struct{} // closed when every worker has returned
+}
+
+// pollInterval is how often an idle worker looks again while slices are
+// still held by workers of other processes (whose leases may run out).
+const pollInterval = time.Second
+
+func (w *workers) loop(ctx context.Context) error {
+	for {
+		if err := w.limiter.Wait(ctx); err != nil {
+			return err
+		}
+		got, err := w.e.store.Claim(ctx, w.runID, w.claim, 1, w.e.cfg.Lease)
+		if err != nil {
+			return err
+		}
+		if len(got) == 0 {
+			more, err := w.othersHoldSlices(ctx)
+			if err != nil || !more {
+				return err
+			}
+			if err := sleep(ctx, pollInterval); err != nil {
+				return err
+			}
+			continue
+		}
+		for _, sl := range got {
+			w.inFlight.Add(1)
+			err := w.slice(ctx, sl)
+			w.inFlight.Add(-1)
+			if err != nil {
+				return err
+			}
+			if err := sleep(ctx, w.e.cfg.SleepBetweenSlices); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// othersHoldSlices reports whether this idle worker should wait: slices are
+// unfinished but claimed elsewhere. Slices in flight in this process need no
+// waiting for, their workers see them through.
+func (w *workers) othersHoldSlices(ctx context.Context) (bool, error) {
+	c, err := w.e.store.Counts(ctx, w.runID)
+	if err != nil {
+		return false, err
+	}
+	return c.Unfinished() > w.inFlight.Load(), nil
+}
+
+// slice runs one claimed slice to an end: done, failed, or lost. Only an
+// error that stops the whole process (cancel, checkpoint unreachable) is
+// returned.
+func (w *workers) slice(ctx context.Context, sl shard.Slice) error {
+	cfg := w.e.cfg
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		rows, err := w.execute(ctx, sl)
+		took := time.Since(start)
+		switch {
+		case err == nil:
+			w.executed.Add(1)
+			w.rows.Add(rows)
+			w.emit(Event{Kind: SliceDone, Slice: sl, Rows: rows, Duration: took})
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, checkpoint.ErrLostClaim):
+			cfg.Logger.Warn("slice taken over by another worker; dropping it", "slice", sl.String())
+			w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
+			return nil
+		case errors.Is(err, checkpoint.ErrNotProtected):
+			return fmt.Errorf("%w: %w", ErrLockLost, err)
+		case retryable(err) && attempt < cfg.MaxAttempts:
+			delay := backoff(cfg.Backoff, attempt)
+			cfg.Logger.Warn("transient error; retrying", "slice", sl.String(), "attempt", attempt, "in", delay, "err", err)
+			w.emit(Event{Kind: SliceRetry, Slice: sl, Duration: took, Err: err})
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+		default:
+			err = fmt.Errorf("%s: %w", sl, err)
+			cfg.Logger.Error("slice failed", "slice", sl.String(), "attempt", attempt, "err", err)
+			w.emit(Event{Kind: SliceFailed, Slice: sl, Duration: took, Err: err})
+			if ferr := w.e.store.Fail(ctx, sl, cfg.Owner, err); ferr != nil {
+				return fmt.Errorf("record failure of %s: %w", sl, ferr)
+			}
+			return nil
+		}
+	}
+}
+
+// execute replaces the slice's rollup rows and marks it done in one
+// transaction, fenced by the claim and only while the cron lock is held.
+func (w *workers) execute(ctx context.Context, sl shard.Slice) (int64, error) {
+	var rows int64
+	err := pgx.BeginFunc(ctx, w.e.db, func(tx pgx.Tx) error {
+		if err := setLocalTimeouts(ctx, tx, w.e.cfg); err != nil {
+			return err
+		}
+		if err := w.e.store.Fence(ctx, tx, sl, w.claim); err != nil {
+			return err
+		}
+		var err error
+		if rows, err = w.e.job.Apply(ctx, tx, sl); err != nil {
+			return err
+		}
+		return w.e.store.Complete(ctx, tx, sl, rows)
+	})
+	return rows, err
+}
+
+func setLocalTimeouts(ctx context.Context, tx pgx.Tx, cfg Config) error {
+	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
+		if d <= 0 {
+			continue
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config($1, $2, true)`, name, fmt.Sprintf("%dms", d.Milliseconds())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// renew keeps this process's claims alive until the workers are done.
+func (w *workers) renew(ctx context.Context) error {
+	tick := time.NewTicker(w.e.cfg.Lease / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.done:
+			return nil
+		case <-tick.C:
+		}
+		if err := w.e.store.Renew(ctx, w.runID, w.claim.Owner, w.e.cfg.Lease); err != nil && ctx.Err() == nil {
+			w.e.cfg.Logger.Warn("lease renewal failed", "err", err)
+		}
+	}
+}
+
+func (w *workers) emit(ev Event) {
+	if w.e.cfg.OnEvent != nil {
+		w.e.cfg.OnEvent(ev)
+	}
+}
+
+// backoff is the delay before retry number attempt: exponential with full
+// jitter, capped, so workers hitting the same fault spread out.
+func backoff(base time.Duration, attempt int) time.Duration {
+	d := base << min(attempt-1, 5)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

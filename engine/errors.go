@@ -1,0 +1,76 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrInterrupted is returned when the context was cancelled (SIGINT or
+// SIGTERM): in-flight slices rolled back and a re-run resumes.
+var ErrInterrupted = errors.New("interrupted")
+
+// ErrLockLost is returned when the connection holding the cron lock died:
+// without it the cron job could run alongside, so the process stops.
+var ErrLockLost = errors.New("lost the connection holding the cron lock (4246)")
+
+// ConfigError is a refused configuration: bad flags or a combination the
+// operator must confirm. Nothing was written.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// FailedError reports a run that ended with failed slices.
+type FailedError struct {
+	RunID  int64
+	Failed int64
+}
+
+func (e *FailedError) Error() string {
+	return fmt.Sprintf("run %d: %d slices failed (see `shardfill status`); fix the cause and run again to retry them", e.RunID, e.Failed)
+}
+
+// retryable reports whether err is transient: the same slice may well
+// succeed if tried again. Anything else fails the slice at once.
+func retryable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "40001", // serialization_failure
+			"40P01", // deadlock_detected
+			"55P03", // lock_not_available (lock_timeout)
+			"57014", // query_canceled (statement_timeout)
+			"57P01", // admin_shutdown (also pg_terminate_backend)
+			"57P02", // crash_shutdown
+			"57P03", // cannot_connect_now
+			"53300", // too_many_connections
+			"08000", "08003", "08006", "08001", "08004", "08007":
+			return true
+		}
+		return strings.HasPrefix(pgErr.Code, "08")
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	// A connection that broke mid-statement or mid-commit: the outcome is
+	// unknown, but replaying the slice is safe (replace, and fenced).
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
+		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "broken pipe")
+}

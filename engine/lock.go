@@ -1,0 +1,68 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shardfill/shardfill/job"
+)
+
+// cronLock holds the cron job's advisory lock in shared mode on a connection
+// of its own. The connection never goes back to a pool: closing it is the
+// only way the lock is given up, so no exit path can leak it to a pooled
+// session that lives on.
+type cronLock struct {
+	conn *pgx.Conn
+	pid  int // backend pid, recorded with claims so others can tell we live
+}
+
+// acquireLock opens the dedicated connection and waits for the shared lock;
+// it waits while a cron tick holds the lock exclusively.
+func acquireLock(ctx context.Context, db *pgxpool.Pool) (*cronLock, error) {
+	conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("open lock connection: %w", err)
+	}
+	l := &cronLock{conn: conn}
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&l.pid); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("open lock connection: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, int64(job.CronLockKey)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("take cron lock %d: %w", job.CronLockKey, err)
+	}
+	return l, nil
+}
+
+// watch checks the lock connection until ctx ends; if it dies the work is
+// cancelled with ErrLockLost, since the cron job could now run alongside.
+func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, done := context.WithTimeout(ctx, 5*time.Second)
+		err := l.conn.Ping(pctx)
+		done()
+		if err != nil && ctx.Err() == nil {
+			cancel(ErrLockLost)
+			return
+		}
+	}
+}
+
+// Close ends the lock connection, which releases the lock.
+func (l *cronLock) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = l.conn.Close(ctx)
+}

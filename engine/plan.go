@@ -1,0 +1,83 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// Plan is what a run would do, computed without writing anything.
+type Plan struct {
+	Slices    int64
+	Rows      int64
+	Largest   []shard.Slice // biggest slices first
+	RangeFrom *time.Time    // --months-back lower bound; nil = all history
+	// Resume is the unfinished run that `run` would resume instead of
+	// planning (nil when it would plan a new one).
+	Resume *checkpoint.Run
+	// Counts are Resume's slices by state.
+	Counts checkpoint.Counts
+}
+
+// Plan reports the slices a run would have. It only reads: it neither
+// creates the checkpoint schema nor takes any lock.
+func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
+	if err := e.job.Preflight(ctx, e.db); err != nil {
+		return nil, err
+	}
+	from, err := e.rangeFrom(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{RangeFrom: from}
+	if err := e.resumable(ctx, p); err != nil {
+		return nil, err
+	}
+	lower := pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+	if from != nil {
+		lower = pgtype.Timestamptz{Time: *from, Valid: true}
+	}
+	err = e.db.QueryRow(ctx, `SELECT count(*), coalesce(sum(est_rows), 0)::bigint FROM (`+e.job.PlanSQL()+`) src`, lower).
+		Scan(&p.Slices, &p.Rows)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	rows, err := e.db.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows FROM (`+e.job.PlanSQL()+`) src
+		ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $2`, lower, largest)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
+		var s shard.Slice
+		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	return p, nil
+}
+
+// resumable fills in the unfinished run that `run` would resume, if any.
+func (e *Engine) resumable(ctx context.Context, p *Plan) error {
+	if e.cfg.NewRun {
+		return nil
+	}
+	installed, err := e.store.Installed(ctx)
+	if err != nil || !installed {
+		return err
+	}
+	run, err := e.store.LatestRun(ctx)
+	if err != nil || run == nil || run.Finished() {
+		return err
+	}
+	p.Resume = run
+	p.Counts, err = e.store.Counts(ctx, run.ID)
+	return err
+}

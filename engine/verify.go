@@ -1,0 +1,96 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// Verifier is the optional part of a Job that can check its own output.
+type Verifier interface {
+	Verify(ctx context.Context, q job.Querier, from, to time.Time) ([]job.Mismatch, error)
+}
+
+// VerifyResult lists the (workspace, month) pairs whose rollup differs from
+// the raw rows.
+type VerifyResult struct {
+	Months     int
+	Mismatches []job.Mismatch
+	Repaired   int
+}
+
+// Verify recomputes the rollup from the raw rows month by month (one
+// statement per month keeps each comparison bounded) and lists every
+// mismatching (workspace, month). With repair, it re-runs those slices
+// under the cron lock and checks them again.
+func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error) {
+	v, ok := e.job.(Verifier)
+	if !ok {
+		return nil, fmt.Errorf("this job cannot verify its output")
+	}
+	if err := e.job.Preflight(ctx, e.db); err != nil {
+		return nil, err
+	}
+	var first, last *time.Time
+	err := e.db.QueryRow(ctx, `
+		SELECT least((SELECT min(created_at) FROM task_usage), (SELECT min(bucket_hour) FROM task_usage_hourly)),
+		       greatest((SELECT max(created_at) FROM task_usage), (SELECT max(bucket_hour) FROM task_usage_hourly))`).
+		Scan(&first, &last)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	res := &VerifyResult{}
+	if first == nil {
+		return res, nil
+	}
+	if e.cfg.MonthsBack > 0 {
+		from, err := e.monthsBackStart(ctx)
+		if err != nil {
+			return nil, err
+		}
+		first = &from
+	}
+	for m := shard.MonthStart(*first); !m.After(*last); m = shard.NextMonth(m) {
+		got, err := v.Verify(ctx, e.db, m, shard.NextMonth(m))
+		if err != nil {
+			return nil, err
+		}
+		res.Months++
+		res.Mismatches = append(res.Mismatches, got...)
+	}
+	if !repair || len(res.Mismatches) == 0 {
+		return res, nil
+	}
+	if err := e.repair(ctx, res.Mismatches); err != nil {
+		return res, err
+	}
+	res.Repaired = len(res.Mismatches)
+	return res, nil
+}
+
+// repair replaces the rollup of each mismatching (workspace, month) while
+// holding the cron lock, as a run would.
+func (e *Engine) repair(ctx context.Context, bad []job.Mismatch) error {
+	lock, err := acquireLock(ctx, e.db)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	for _, m := range bad {
+		sl := shard.Slice{Workspace: m.Workspace, From: m.Month, To: shard.NextMonth(m.Month)}
+		err := pgx.BeginFunc(ctx, e.db, func(tx pgx.Tx) error {
+			_, err := e.job.Apply(ctx, tx, sl)
+			return err
+		})
+		if err != nil {
+			return interrupted(ctx, fmt.Errorf("repair %s: %w", sl, err))
+		}
+		e.cfg.Logger.Info("repaired", "workspace", m.Workspace, "month", m.Month.UTC().Format("2006-01"))
+	}
+	return nil
+}

@@ -1,0 +1,10 @@
+-- Replace, step two: insert the aggregate (aggregate.sql, narrowed to
+-- workspace $3) of the slice's raw rows. Bounds are hour-aligned, so every
+-- bucket lands inside the range step one deleted.
+INSERT INTO task_usage_hourly (
+    bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    task_count, event_count, cost_usd_ticks,
+    uncosted_input_tokens, uncosted_output_tokens,
+    uncosted_cache_read_tokens, uncosted_cache_write_tokens
+)

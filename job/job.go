@@ -1,0 +1,206 @@
+// Package job is what one slice does to the multica database: the SQL that
+// plans the slices of a task_usage_hourly backfill, replaces one slice's
+// buckets, checks the database is ready, and stamps the cron watermark.
+//
+// The engine knows nothing of task_usage; it calls an [Hourly] through the
+// small interface it declares, so the scheduling, checkpointing and retry
+// logic stays independent of the rollup it drives.
+package job
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/shardfill/shardfill/shard"
+)
+
+var (
+	//go:embed plan.sql
+	planSQL string
+	//go:embed delete.sql
+	deleteSQL string
+	//go:embed aggregate.sql
+	aggregateSQL string
+	//go:embed insert.sql
+	insertHead string
+	//go:embed verify.sql
+	verifyHead string
+
+	// insertSQL and verifySQL are composed once from fixed fragments, so the
+	// aggregate a slice writes and the one verify checks are the same text.
+	insertSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/", "AND a.workspace_id = $3", 1)
+	verifySQL = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
+)
+
+// CronLockKey is the advisory lock the cron entry rollup_task_usage_hourly()
+// takes with pg_try_advisory_xact_lock; holding it in shared mode keeps the
+// cron tick out while a backfill works.
+const CronLockKey = 4246
+
+// Querier is the part of pgx.Conn, pgxpool.Pool and pgx.Tx the job needs.
+type Querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Hourly backfills task_usage_hourly. Its zero value is ready to use.
+type Hourly struct{}
+
+// Version identifies the slice logic. It is stored with each run so progress
+// made by different rollup SQL is never silently mixed.
+func (Hourly) Version() string {
+	sum := sha256.Sum256([]byte(planSQL + deleteSQL + insertSQL))
+	return "hourly-" + hex.EncodeToString(sum[:6])
+}
+
+// PlanSQL returns the query that lists the slices: columns workspace_id,
+// from_ts, to_ts, est_rows; parameter $1 is the lower time bound.
+func (Hourly) PlanSQL() string { return planSQL }
+
+// Apply replaces the buckets of one slice inside tx and returns the number of
+// rollup rows written. Deleting first and inserting second (rather than one
+// statement) keeps the unique key from ever seeing old and new rows at once.
+func (Hourly) Apply(ctx context.Context, tx Querier, s shard.Slice) (int64, error) {
+	if _, err := tx.Exec(ctx, deleteSQL, s.Workspace, s.From, s.To); err != nil {
+		return 0, fmt.Errorf("delete buckets: %w", err)
+	}
+	tag, err := tx.Exec(ctx, insertSQL, s.From, s.To, s.Workspace)
+	if err != nil {
+		return 0, fmt.Errorf("insert buckets: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Stamp hands the rollup over to the cron job: every change before at is in
+// the rollup. It reports false when the state row is missing, in which case
+// nothing is stamped (as the serial command did, the caller warns).
+func (Hourly) Stamp(ctx context.Context, tx Querier, at time.Time) (bool, error) {
+	tag, err := tx.Exec(ctx, `UPDATE task_usage_hourly_rollup_state SET watermark_at = $1 WHERE id = 1`, at)
+	if err != nil {
+		return false, fmt.Errorf("stamp watermark: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// Watermark reads the cron job's current watermark (nil when the state row
+// is missing).
+func (Hourly) Watermark(ctx context.Context, q Querier) (*time.Time, error) {
+	var at time.Time
+	err := q.QueryRow(ctx, `SELECT watermark_at FROM task_usage_hourly_rollup_state WHERE id = 1`).Scan(&at)
+	if err == pgx.ErrNoRows {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read watermark: %w", err)
+	}
+	return &at, nil
+}
+
+// requiredColumns lists every relation the backfill and the cron job that
+// takes over depend on, with the columns shardfill reads or writes.
+var requiredColumns = []struct {
+	table   string
+	columns []string
+}{
+	{"agent", []string{"id", "workspace_id"}},
+	{"issue", []string{"id", "project_id"}},
+	{"agent_task_queue", []string{"id", "agent_id", "issue_id", "runtime_id"}},
+	{"task_usage", []string{"task_id", "provider", "model", "input_tokens", "output_tokens",
+		"cache_read_tokens", "cache_write_tokens", "cost_usd_ticks", "created_at", "updated_at"}},
+	{"task_usage_hourly", []string{"bucket_hour", "workspace_id", "runtime_id", "agent_id", "project_id",
+		"provider", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+		"task_count", "event_count", "cost_usd_ticks", "uncosted_input_tokens", "uncosted_output_tokens",
+		"uncosted_cache_read_tokens", "uncosted_cache_write_tokens", "updated_at"}},
+	{"task_usage_hourly_rollup_state", []string{"id", "watermark_at"}},
+	{"task_usage_hourly_dirty", nil},
+}
+
+// requiredFunctions are the helper the slice SQL calls and the incremental
+// pipeline that must be in place to take over after the backfill.
+var requiredFunctions = []string{
+	"task_usage_hour_bucket",
+	"rollup_task_usage_hourly_window",
+	"rollup_task_usage_hourly",
+}
+
+// MissingError lists everything the database lacks, so an operator fixes a
+// half-migrated database in one go rather than one error at a time.
+type MissingError struct{ Missing []string }
+
+func (e *MissingError) Error() string {
+	return "database is not ready for the backfill (run the multica migrations first): missing " +
+		strings.Join(e.Missing, ", ")
+}
+
+// Preflight checks, without writing, that every table, column and function
+// the backfill and the cron hand-over need is visible on the search_path.
+func (Hourly) Preflight(ctx context.Context, q Querier) error {
+	var missing []string
+	for _, rel := range requiredColumns {
+		var exists bool
+		var have []string
+		err := q.QueryRow(ctx, `
+			SELECT to_regclass($1) IS NOT NULL,
+			       ARRAY(SELECT attname::text FROM pg_attribute
+			             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped)`,
+			rel.table).Scan(&exists, &have)
+		if err != nil {
+			return fmt.Errorf("preflight %s: %w", rel.table, err)
+		}
+		if !exists {
+			missing = append(missing, "table "+rel.table)
+			continue
+		}
+		for _, c := range rel.columns {
+			if !slices.Contains(have, c) {
+				missing = append(missing, "column "+rel.table+"."+c)
+			}
+		}
+	}
+	for _, fn := range requiredFunctions {
+		var n int
+		err := q.QueryRow(ctx, `SELECT count(*) FROM pg_proc WHERE proname = $1 AND pg_function_is_visible(oid)`, fn).Scan(&n)
+		if err != nil {
+			return fmt.Errorf("preflight %s: %w", fn, err)
+		}
+		if n == 0 {
+			missing = append(missing, "function "+fn+"()")
+		}
+	}
+	if len(missing) > 0 {
+		return &MissingError{Missing: missing}
+	}
+	return nil
+}
+
+// Mismatch is a (workspace, month) whose rollup rows differ from the
+// aggregate of its raw rows.
+type Mismatch struct {
+	Workspace string
+	Month     time.Time
+	Rows      int64 // differing rows, counted in both directions
+}
+
+// Verify compares the rollup with the aggregate of the raw rows over
+// [from, to) and returns every mismatching (workspace, month).
+func (Hourly) Verify(ctx context.Context, q Querier, from, to time.Time) ([]Mismatch, error) {
+	rows, err := q.Query(ctx, verifySQL, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", shard.Period(from, to), err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Mismatch])
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", shard.Period(from, to), err)
+	}
+	return out, nil
+}
