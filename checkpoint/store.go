@@ -5,7 +5,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -121,10 +120,13 @@ func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
 // PlanSpec describes how to plan a new run.
 type PlanSpec struct {
 	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
-	// est_rows; its only parameter $1 is RangeFrom (or -infinity).
+	// est_rows; its parameters are $1 RangeFrom (or -infinity) and $2
+	// MaxSliceRows.
 	SourceSQL string
 	// RangeFrom is the lower time bound (--months-back); nil = all history.
 	RangeFrom *time.Time
+	// MaxSliceRows is SourceSQL's $2: most raw rows per slice.
+	MaxSliceRows int64
 	// LogicVersion identifies the slice SQL the run is planned for.
 	LogicVersion string
 	// NewRun plans a fresh run even if the latest one is unfinished.
@@ -195,9 +197,9 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	}
 	_, err = tx.Exec(ctx, s.q(`
 		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows)
-		SELECT $2, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
+		SELECT $3, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
 		       workspace_id, from_ts, to_ts, est_rows
-		FROM (`+spec.SourceSQL+`) src`), lowerBound(spec.RangeFrom), id)
+		FROM (`+spec.SourceSQL+`) src`), LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
 	}
@@ -211,12 +213,12 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
 }
 
-// lowerBound turns an optional bound into a timestamptz parameter.
-func lowerBound(from *time.Time) any {
+// LowerBound turns an optional bound into a timestamptz parameter.
+func LowerBound(from *time.Time) pgtype.Timestamptz {
 	if from == nil {
 		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 	}
-	return *from
+	return pgtype.Timestamptz{Time: *from, Valid: true}
 }
 
 // Claim is one worker's hold on a slice.
@@ -225,34 +227,75 @@ type Claim struct {
 	PID   int    // backend pid of the owner's cron-lock connection
 }
 
-// Claim takes up to n pending slices of run for owner (largest first) and,
-// when none are pending, slices whose owner is gone: lease expired, or its
-// lock connection no longer holds the cron lock.
-func (s *Store) Claim(ctx context.Context, runID int64, c Claim, n int, lease time.Duration) ([]shard.Slice, error) {
-	got, err := s.claim(ctx, `state = 'pending'`, runID, c, n, lease)
-	if err != nil || len(got) > 0 {
-		return got, err
-	}
-	return s.claim(ctx, `state = 'running' AND (lease_until < now() OR NOT EXISTS (
-			SELECT 1 FROM pg_locks l
-			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
-			  AND l.granted AND l.pid = _SCHEMA_.slice.owner_pid))`, runID, c, n, lease)
+// BatchLimits bound what one claim takes.
+type BatchLimits struct {
+	Rows   int64 // estimated raw rows; a single larger slice is still taken alone
+	Slices int
 }
 
-func (s *Store) claim(ctx context.Context, cond string, runID int64, c Claim, n int, lease time.Duration) ([]shard.Slice, error) {
-	rows, err := s.db.Query(ctx, s.q(`
-		WITH c AS (
-			SELECT run_id, id FROM _SCHEMA_.slice
-			WHERE run_id = $1 AND `+cond+`
-			ORDER BY id LIMIT $2
-			FOR UPDATE SKIP LOCKED
-		)
-		UPDATE _SCHEMA_.slice s
-		SET state = 'running', owner = $3, owner_pid = $4, attempts = s.attempts + 1,
-		    lease_until = now() + $5 * interval '1 millisecond', started_at = now(), error = NULL
-		FROM c WHERE s.run_id = c.run_id AND s.id = c.id
-		RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts`),
-		runID, n, c.Owner, c.PID, lease.Milliseconds())
+// Claim takes a batch for c: the first pending slice in id order (largest
+// first) plus more pending slices of the same workspace, in time order,
+// while the batch stays within limits. When nothing is pending it takes
+// over one slice whose owner is gone: lease expired, or its lock connection
+// no longer holds the cron lock. It returns nil when there is nothing to
+// take.
+func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
+	got, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	if err == nil && len(got) == 0 {
+		got, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
+	}
+	if err != nil || len(got) == 0 {
+		return nil, err
+	}
+	b, err := shard.NewBatch(got)
+	if err != nil {
+		return nil, err
+	}
+	return &b, s.estimate(ctx, runID, &b)
+}
+
+const claimSet = `
+	UPDATE _SCHEMA_.slice s
+	SET state = 'running', owner = $2, owner_pid = $3, attempts = s.attempts + 1,
+	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
+	FROM pick WHERE s.run_id = $1 AND s.id = pick.id
+	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts`
+
+// claimPendingSQL: $5 row budget, $6 most companions of the first slice.
+const claimPendingSQL = `
+	WITH first AS (
+		SELECT run_id, id, workspace_id, est_rows FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND state = 'pending'
+		ORDER BY id LIMIT 1
+		FOR UPDATE SKIP LOCKED
+	), mates AS (
+		SELECT s.id, s.est_rows, s.from_ts
+		FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id AND s.workspace_id = f.workspace_id
+		WHERE s.state = 'pending' AND s.id <> f.id AND f.est_rows < $5
+		ORDER BY s.from_ts LIMIT $6
+		FOR UPDATE OF s SKIP LOCKED
+	), pick AS (
+		SELECT id FROM first
+		UNION ALL
+		SELECT m.id
+		FROM (SELECT id, sum(est_rows) OVER (ORDER BY from_ts, id) AS running FROM mates) m, first f
+		WHERE f.est_rows + m.running <= $5
+	)` + claimSet
+
+const claimAbandonedSQL = `
+	WITH pick AS (
+		SELECT id FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND state = 'running' AND (lease_until < now() OR NOT EXISTS (
+			SELECT 1 FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+			  AND l.granted AND l.pid = _SCHEMA_.slice.owner_pid))
+		ORDER BY id LIMIT 1
+		FOR UPDATE SKIP LOCKED
+	)` + claimSet
+
+func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, error) {
+	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
+	rows, err := s.db.Query(ctx, s.q(sql), args...)
 	if err != nil {
 		return nil, fmt.Errorf("claim slices: %w", err)
 	}
@@ -264,44 +307,84 @@ func (s *Store) claim(ctx context.Context, cond string, runID int64, c Claim, n 
 	if err != nil {
 		return nil, fmt.Errorf("claim slices: %w", err)
 	}
-	sort.Slice(got, func(i, j int) bool { return got[i].ID < got[j].ID })
 	return got, nil
+}
+
+// estimate fills in the row counts the job chooses its access path from:
+// the workspace's rows over the whole run and, when the batch holds only
+// part of them, every workspace's rows within the batch's ranges (slices
+// that overlap a range in part count pro rata).
+func (s *Store) estimate(ctx context.Context, runID int64, b *shard.Batch) error {
+	err := s.db.QueryRow(ctx, s.q(`SELECT coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND workspace_id = $2`), runID, b.Workspace).Scan(&b.WorkspaceRows)
+	if err != nil || b.Rows >= b.WorkspaceRows {
+		return err
+	}
+	ranges := b.Ranges()
+	from, to := make([]time.Time, len(ranges)), make([]time.Time, len(ranges))
+	for i, r := range ranges {
+		from[i], to[i] = r.From, r.To
+	}
+	return s.db.QueryRow(ctx, s.q(`
+		SELECT coalesce(sum(s.est_rows * extract(epoch FROM least(s.to_ts, r.t) - greatest(s.from_ts, r.f))
+		                              / extract(epoch FROM s.to_ts - s.from_ts)), 0)::bigint
+		FROM unnest($2::timestamptz[], $3::timestamptz[]) r(f, t)
+		JOIN _SCHEMA_.slice s ON s.run_id = $1 AND s.from_ts < r.t AND s.to_ts > r.f`), runID, from, to).Scan(&b.RangeRows)
 }
 
 // ErrNotProtected is returned by Fence when the owner's lock connection no
 // longer holds the cron lock: committing now could race the cron job.
 var ErrNotProtected = errors.New("the cron lock (4246) is no longer held by this process")
 
-// Fence locks the slice row inside tx and checks that it is still c's claim
-// and that c's lock connection still holds the cron lock. Holding the row
-// lock until commit keeps any other worker from taking the slice over while
-// this transaction writes its rollup rows.
-func (s *Store) Fence(ctx context.Context, tx pgx.Tx, sl shard.Slice, c Claim) error {
-	var protected bool
-	err := tx.QueryRow(ctx, s.q(`
-		SELECT EXISTS (SELECT 1 FROM pg_locks l
-		               WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
-		                 AND l.granted AND l.pid = $5)
-		FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND id = $2 AND owner = $3 AND attempts = $4 AND state = 'running'
-		FOR UPDATE`), sl.RunID, sl.ID, c.Owner, sl.Attempt, c.PID).Scan(&protected)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrLostClaim
+// QueueFence appends to b (a batch inside the slice transaction) the check
+// that every slice of w is still c's claim and that c's lock connection
+// still holds the cron lock. The rows stay locked until commit, so no other
+// worker can take them over while this transaction writes their rollup
+// rows. The batch fails with ErrLostClaim or ErrNotProtected otherwise.
+func (s *Store) QueueFence(b *pgx.Batch, w shard.Batch, c Claim) {
+	ids, attempts := make([]int64, len(w.Slices)), make([]int32, len(w.Slices))
+	for i, sl := range w.Slices {
+		ids[i], attempts[i] = sl.ID, int32(sl.Attempt)
 	}
-	if err == nil && !protected {
-		return ErrNotProtected
-	}
-	return err
+	b.Queue(s.q(`
+		SELECT id FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND owner = $2 AND state = 'running'
+		  AND (id, attempts) IN (SELECT * FROM unnest($3::bigint[], $4::integer[]))
+		FOR UPDATE`), w.Slices[0].RunID, c.Owner, ids, attempts).Query(func(rows pgx.Rows) error {
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if rows.Err() == nil && n != len(ids) {
+			return ErrLostClaim
+		}
+		return rows.Err()
+	})
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+		  AND l.granted AND l.pid = $1)`, c.PID).QueryRow(func(row pgx.Row) error {
+		var held bool
+		if err := row.Scan(&held); err != nil {
+			return err
+		}
+		if !held {
+			return ErrNotProtected
+		}
+		return nil
+	})
 }
 
-// Complete marks the slice done inside tx, the transaction that wrote its
-// rollup rows, so progress and data commit together. Call Fence first.
-func (s *Store) Complete(ctx context.Context, tx pgx.Tx, sl shard.Slice, rows int64) error {
-	_, err := tx.Exec(ctx, s.q(`
+// QueueComplete appends to b the done marks of w's slices, so they commit
+// with the rollup rows. Queue it after QueueFence.
+func (s *Store) QueueComplete(b *pgx.Batch, w shard.Batch) {
+	ids := make([]int64, len(w.Slices))
+	for i, sl := range w.Slices {
+		ids[i] = sl.ID
+	}
+	b.Queue(s.q(`
 		UPDATE _SCHEMA_.slice
-		SET state = 'done', rows_written = $3, finished_at = now(), lease_until = NULL, error = NULL
-		WHERE run_id = $1 AND id = $2`), sl.RunID, sl.ID, rows)
-	return err
+		SET state = 'done', finished_at = now(), lease_until = NULL, error = NULL
+		WHERE run_id = $1 AND id = ANY($2)`), w.Slices[0].RunID, ids)
 }
 
 // Fail records a slice's permanent error. It does nothing if the claim was

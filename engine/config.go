@@ -30,6 +30,20 @@ type Config struct {
 	// NewRun plans a fresh run even when an unfinished one exists.
 	// Default false.
 	NewRun bool
+	// PlanOnly plans (or finds) the run and returns without executing a
+	// slice: plan ahead, then start workers later or on other hosts.
+	// Default false.
+	PlanOnly bool
+	// MaxSliceRows cuts a (workspace, month) with more raw rows than this
+	// into shorter whole-day slices when a run is planned. Default 50 000.
+	MaxSliceRows int64
+	// BatchRows lets tiny slices of one workspace share a transaction and
+	// statement while their estimated rows stay within it; each slice is
+	// still checkpointed on its own. Default 20 000.
+	BatchRows int64
+	// BatchSlices caps the slices in one batch. Default 100; 1 disables
+	// batching.
+	BatchSlices int
 	// MaxAttempts bounds the tries of a slice on transient errors.
 	// Default 5.
 	MaxAttempts int
@@ -59,6 +73,15 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Burst == 0 {
 		c.Burst = 1
+	}
+	if c.MaxSliceRows == 0 {
+		c.MaxSliceRows = 50_000
+	}
+	if c.BatchRows == 0 {
+		c.BatchRows = 20_000
+	}
+	if c.BatchSlices == 0 {
+		c.BatchSlices = 100
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5
@@ -91,6 +114,8 @@ func (c Config) Validate() error {
 		return &ConfigError{fmt.Sprintf("--months-back must be positive, got %d", c.MonthsBack)}
 	case c.SleepBetweenSlices < 0:
 		return &ConfigError{"--sleep-between-slices must not be negative"}
+	case c.MaxSliceRows < 1 || c.BatchRows < 1 || c.BatchSlices < 1:
+		return &ConfigError{"--max-slice-rows, --batch-rows and --batch-slices must be at least 1"}
 	case c.MaxAttempts < 1:
 		return &ConfigError{fmt.Sprintf("--max-attempts must be at least 1, got %d", c.MaxAttempts)}
 	case c.Lease < time.Second:

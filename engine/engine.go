@@ -22,10 +22,18 @@ import (
 // Job is what the engine asks of the rollup it drives; job.Hourly is the
 // production implementation.
 type Job interface {
+	// Version identifies the slice logic; a run is only resumed by the
+	// same version.
 	Version() string
+	// Preflight checks, without writing, that the database is ready.
 	Preflight(ctx context.Context, q job.Querier) error
+	// PlanSQL lists the slices (see checkpoint.PlanSpec.SourceSQL).
 	PlanSQL() string
-	Apply(ctx context.Context, tx job.Querier, s shard.Slice) (int64, error)
+	// Queue appends the statements that replace a batch's rollup rows to
+	// b, which runs inside the batch's transaction; *written receives the
+	// rows written.
+	Queue(b *pgx.Batch, w shard.Batch, written *int64)
+	// Stamp hands over to the incremental job at the watermark.
 	Stamp(ctx context.Context, tx job.Querier, at time.Time) (bool, error)
 }
 
@@ -108,7 +116,8 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, interrupted(ctx, err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
-		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun,
+		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun,
 	})
 	if err != nil {
 		return nil, interrupted(ctx, err)
@@ -134,6 +143,12 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 	if e.cfg.OnEvent != nil {
 		e.cfg.OnEvent(Event{Kind: RunStarted, Run: run, Counts: res.Start})
+	}
+	if e.cfg.PlanOnly {
+		if planned {
+			err = e.store.SetState(ctx, run.ID, checkpoint.StatePlanned)
+		}
+		return res, err
 	}
 
 	workErr := e.work(ctx, lock, run.ID, res)
@@ -242,6 +257,7 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Res
 		runID:   runID,
 		limiter: rate.NewLimiter(limit, e.cfg.Burst),
 		claim:   checkpoint.Claim{Owner: e.cfg.Owner, PID: lock.pid},
+		limits:  checkpoint.BatchLimits{Rows: e.cfg.BatchRows, Slices: e.cfg.BatchSlices},
 		done:    make(chan struct{}),
 	}
 	g, gctx := errgroup.WithContext(ctx)
@@ -275,6 +291,7 @@ type workers struct {
 	runID    int64
 	limiter  *rate.Limiter
 	claim    checkpoint.Claim
+	limits   checkpoint.BatchLimits
 	inFlight atomic.Int64
 	executed atomic.Int64
 	rows     atomic.Int64
@@ -290,11 +307,11 @@ func (w *workers) loop(ctx context.Context) error {
 		if err := w.limiter.Wait(ctx); err != nil {
 			return err
 		}
-		got, err := w.e.store.Claim(ctx, w.runID, w.claim, 1, w.e.cfg.Lease)
+		batch, err := w.e.store.Claim(ctx, w.runID, w.claim, w.limits, w.e.cfg.Lease)
 		if err != nil {
 			return err
 		}
-		if len(got) == 0 {
+		if batch == nil {
 			more, err := w.othersHoldSlices(ctx)
 			if err != nil || !more {
 				return err
@@ -304,16 +321,15 @@ func (w *workers) loop(ctx context.Context) error {
 			}
 			continue
 		}
-		for _, sl := range got {
-			w.inFlight.Add(1)
-			err := w.slice(ctx, sl)
-			w.inFlight.Add(-1)
-			if err != nil {
-				return err
-			}
-			if err := sleep(ctx, w.e.cfg.SleepBetweenSlices); err != nil {
-				return err
-			}
+		n := int64(len(batch.Slices))
+		w.inFlight.Add(n)
+		err = w.batch(ctx, *batch)
+		w.inFlight.Add(-n)
+		if err != nil {
+			return err
+		}
+		if err := sleep(ctx, w.e.cfg.SleepBetweenSlices); err != nil {
+			return err
 		}
 	}
 }
@@ -329,37 +345,56 @@ func (w *workers) othersHoldSlices(ctx context.Context) (bool, error) {
 	return c.Unfinished() > w.inFlight.Load(), nil
 }
 
-// slice runs one claimed slice to an end: done, failed, or lost. Only an
-// error that stops the whole process (cancel, checkpoint unreachable) is
-// returned.
-func (w *workers) slice(ctx context.Context, sl shard.Slice) error {
+// batch runs one claimed batch to an end: done, failed, or lost. Only an
+// error that stops the whole process (cancel, lost lock, checkpoint
+// unreachable) is returned.
+func (w *workers) batch(ctx context.Context, b shard.Batch) error {
 	cfg := w.e.cfg
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		rows, err := w.execute(ctx, sl)
+		rows, err := w.execute(ctx, b)
 		took := time.Since(start)
 		switch {
 		case err == nil:
-			w.executed.Add(1)
+			w.executed.Add(int64(len(b.Slices)))
 			w.rows.Add(rows)
-			w.emit(Event{Kind: SliceDone, Slice: sl, Rows: rows, Duration: took})
+			for _, sl := range b.Slices {
+				w.emit(Event{Kind: SliceDone, Slice: sl, Duration: took, Rows: rows})
+				rows = 0 // the batch's rows are reported once
+			}
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, checkpoint.ErrLostClaim):
-			cfg.Logger.Warn("slice taken over by another worker; dropping it", "slice", sl.String())
-			w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
+			cfg.Logger.Warn("claim taken over by another worker; dropping it", "batch", b.String())
+			for _, sl := range b.Slices {
+				w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
+			}
 			return nil
 		case errors.Is(err, checkpoint.ErrNotProtected):
 			return fmt.Errorf("%w: %w", ErrLockLost, err)
 		case retryable(err) && attempt < cfg.MaxAttempts:
 			delay := backoff(cfg.Backoff, attempt)
-			cfg.Logger.Warn("transient error; retrying", "slice", sl.String(), "attempt", attempt, "in", delay, "err", err)
-			w.emit(Event{Kind: SliceRetry, Slice: sl, Duration: took, Err: err})
+			cfg.Logger.Warn("transient error; retrying", "batch", b.String(), "attempt", attempt, "in", delay, "err", err)
+			for _, sl := range b.Slices {
+				w.emit(Event{Kind: SliceRetry, Slice: sl, Duration: took, Err: err})
+			}
 			if err := sleep(ctx, delay); err != nil {
 				return err
 			}
+		case len(b.Slices) > 1:
+			// Find the culprit: run the slices one by one, so only the
+			// slice that cannot be done is marked failed.
+			cfg.Logger.Warn("batch failed; retrying its slices one by one", "batch", b.String(), "err", err)
+			for _, sl := range b.Slices {
+				single, _ := shard.NewBatch([]shard.Slice{sl})
+				if err := w.batch(ctx, single); err != nil {
+					return err
+				}
+			}
+			return nil
 		default:
+			sl := b.Slices[0]
 			err = fmt.Errorf("%s: %w", sl, err)
 			cfg.Logger.Error("slice failed", "slice", sl.String(), "attempt", attempt, "err", err)
 			w.emit(Event{Kind: SliceFailed, Slice: sl, Duration: took, Err: err})
@@ -371,36 +406,47 @@ func (w *workers) slice(ctx context.Context, sl shard.Slice) error {
 	}
 }
 
-// execute replaces the slice's rollup rows and marks it done in one
-// transaction, fenced by the claim and only while the cron lock is held.
-func (w *workers) execute(ctx context.Context, sl shard.Slice) (int64, error) {
+// execute replaces a batch's rollup rows and marks its slices done in one
+// transaction, fenced by the claim and the cron lock. The whole transaction
+// but its COMMIT travels in one round trip.
+func (w *workers) execute(ctx context.Context, sl shard.Batch) (int64, error) {
+	var b pgx.Batch
 	var rows int64
-	err := pgx.BeginFunc(ctx, w.e.db, func(tx pgx.Tx) error {
-		if err := setLocalTimeouts(ctx, tx, w.e.cfg); err != nil {
-			return err
-		}
-		if err := w.e.store.Fence(ctx, tx, sl, w.claim); err != nil {
-			return err
-		}
-		var err error
-		if rows, err = w.e.job.Apply(ctx, tx, sl); err != nil {
-			return err
-		}
-		return w.e.store.Complete(ctx, tx, sl, rows)
-	})
-	return rows, err
+	b.BeginTx(pgx.TxOptions{})
+	names, values := txSettings(w.e.cfg)
+	b.Queue(`SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)`, names, values)
+	w.e.store.QueueFence(&b, sl, w.claim)
+	w.e.job.Queue(&b, sl, &rows)
+	w.e.store.QueueComplete(&b, sl)
+
+	br := w.e.db.SendBatch(ctx, &b)
+	tx := br.Tx()
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx) // no-op after a commit
+	}()
+	if err := br.Close(); err != nil {
+		return 0, err
+	}
+	return rows, tx.Commit(ctx)
 }
 
-func setLocalTimeouts(ctx context.Context, tx pgx.Tx, cfg Config) error {
+// txSettings are the settings local to a slice transaction. A commit lost
+// to synchronous_commit = off only means its slices are redone (their done
+// marks are lost with their rows), and the watermark stamp is a durable
+// commit that flushes every earlier one. Parallel query is off because the
+// pool already keeps the cores busy.
+func txSettings(cfg Config) (names, values []string) {
+	names = []string{"synchronous_commit", "max_parallel_workers_per_gather"}
+	values = []string{"off", "0"}
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
-		if d <= 0 {
-			continue
-		}
-		if _, err := tx.Exec(ctx, `SELECT set_config($1, $2, true)`, name, fmt.Sprintf("%dms", d.Milliseconds())); err != nil {
-			return err
+		if d > 0 {
+			names = append(names, name)
+			values = append(values, fmt.Sprintf("%dms", d.Milliseconds()))
 		}
 	}
-	return nil
+	return names, values
 }
 
 // renew keeps this process's claims alive until the workers are done.

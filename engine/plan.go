@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/shard"
@@ -39,17 +38,14 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 	if err := e.resumable(ctx, p); err != nil {
 		return nil, err
 	}
-	lower := pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
-	if from != nil {
-		lower = pgtype.Timestamptz{Time: *from, Valid: true}
-	}
-	err = e.db.QueryRow(ctx, `SELECT count(*), coalesce(sum(est_rows), 0)::bigint FROM (`+e.job.PlanSQL()+`) src`, lower).
-		Scan(&p.Slices, &p.Rows)
+	lower := checkpoint.LowerBound(from)
+	err = e.db.QueryRow(ctx, `SELECT count(*), coalesce(sum(est_rows), 0)::bigint FROM (`+e.job.PlanSQL()+`) src`,
+		lower, e.cfg.MaxSliceRows).Scan(&p.Slices, &p.Rows)
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	rows, err := e.db.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows FROM (`+e.job.PlanSQL()+`) src
-		ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $2`, lower, largest)
+		ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $3`, lower, e.cfg.MaxSliceRows, largest)
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}

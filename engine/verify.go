@@ -11,9 +11,11 @@ import (
 	"github.com/shardfill/shardfill/shard"
 )
 
-// Verifier is the optional part of a Job that can check its own output.
+// Verifier is the optional part of a Job that can check its own output and
+// mend it outside a run.
 type Verifier interface {
 	Verify(ctx context.Context, q job.Querier, from, to time.Time) ([]job.Mismatch, error)
+	Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error)
 }
 
 // VerifyResult lists the (workspace, month) pairs whose rollup differs from
@@ -66,7 +68,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 	if !repair || len(res.Mismatches) == 0 {
 		return res, nil
 	}
-	if err := e.repair(ctx, res.Mismatches); err != nil {
+	if err := e.repair(ctx, v, res.Mismatches); err != nil {
 		return res, err
 	}
 	res.Repaired = len(res.Mismatches)
@@ -75,7 +77,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 
 // repair replaces the rollup of each mismatching (workspace, month) while
 // holding the cron lock, as a run would.
-func (e *Engine) repair(ctx context.Context, bad []job.Mismatch) error {
+func (e *Engine) repair(ctx context.Context, v Verifier, bad []job.Mismatch) error {
 	lock, err := acquireLock(ctx, e.db)
 	if err != nil {
 		return err
@@ -84,7 +86,7 @@ func (e *Engine) repair(ctx context.Context, bad []job.Mismatch) error {
 	for _, m := range bad {
 		sl := shard.Slice{Workspace: m.Workspace, From: m.Month, To: shard.NextMonth(m.Month)}
 		err := pgx.BeginFunc(ctx, e.db, func(tx pgx.Tx) error {
-			_, err := e.job.Apply(ctx, tx, sl)
+			_, err := v.Apply(ctx, tx, sl)
 			return err
 		})
 		if err != nil {

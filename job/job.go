@@ -32,13 +32,16 @@ var (
 	aggregateSQL string
 	//go:embed insert.sql
 	insertHead string
+	//go:embed by_time.sql
+	byTimeSQL string
 	//go:embed verify.sql
 	verifyHead string
 
-	// insertSQL and verifySQL are composed once from fixed fragments, so the
+	// The statements are composed once from fixed fragments, so the
 	// aggregate a slice writes and the one verify checks are the same text.
-	insertSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/", "AND a.workspace_id = $3", 1)
-	verifySQL = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
+	insertByWorkspaceSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/", "AND a.workspace_id = $3", 1)
+	insertByTimeSQL      = insertHead + byTimeSQL
+	verifySQL            = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
 )
 
 // CronLockKey is the advisory lock the cron entry rollup_task_usage_hourly()
@@ -59,26 +62,58 @@ type Hourly struct{}
 // Version identifies the slice logic. It is stored with each run so progress
 // made by different rollup SQL is never silently mixed.
 func (Hourly) Version() string {
-	sum := sha256.Sum256([]byte(planSQL + deleteSQL + insertSQL))
+	sum := sha256.Sum256([]byte(planSQL + deleteSQL + insertByWorkspaceSQL + insertByTimeSQL))
 	return "hourly-" + hex.EncodeToString(sum[:6])
 }
 
 // PlanSQL returns the query that lists the slices: columns workspace_id,
-// from_ts, to_ts, est_rows; parameter $1 is the lower time bound.
+// from_ts, to_ts, est_rows; $1 is the lower time bound, $2 the most raw rows
+// per slice before a month is cut into shorter ranges.
 func (Hourly) PlanSQL() string { return planSQL }
 
-// Apply replaces the buckets of one slice inside tx and returns the number of
-// rollup rows written. Deleting first and inserting second (rather than one
-// statement) keeps the unique key from ever seeing old and new rows at once.
-func (Hourly) Apply(ctx context.Context, tx Querier, s shard.Slice) (int64, error) {
-	if _, err := tx.Exec(ctx, deleteSQL, s.Workspace, s.From, s.To); err != nil {
-		return 0, fmt.Errorf("delete buckets: %w", err)
+// timePathCost is how much dearer a row is on the time path (one primary
+// key lookup of its task per usage row) than on the workspace path.
+const timePathCost = 2
+
+// Queue appends to b the statements that replace the buckets of batch w:
+// for each merged range, delete the workspace's buckets and insert the
+// aggregate of its raw rows. Deleting first and inserting second (rather
+// than one statement) keeps the unique key from ever seeing old and new rows
+// at once. *written receives the number of rollup rows inserted.
+//
+// The access path is chosen per batch from the planner's row counts: a
+// batch holding most of its workspace reads the workspace's tasks once
+// (agent -> task -> usage); a short slice of a big workspace reads the
+// range's usage rows instead, so its cost follows the range, not the
+// workspace's whole history.
+func (Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+	insert := insertByWorkspaceSQL
+	if w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows {
+		insert = insertByTimeSQL
 	}
-	tag, err := tx.Exec(ctx, insertSQL, s.From, s.To, s.Workspace)
+	for _, r := range w.Ranges() {
+		b.Queue(deleteSQL, w.Workspace, r.From, r.To)
+		b.Queue(insert, r.From, r.To, w.Workspace).Exec(func(ct pgconn.CommandTag) error {
+			*written += ct.RowsAffected()
+			return nil
+		})
+	}
+}
+
+// Apply replaces the buckets of one slice inside tx, outside any run (verify
+// --repair, benchmarks). It returns the rollup rows written.
+func (h Hourly) Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error) {
+	w, err := shard.NewBatch([]shard.Slice{s})
 	if err != nil {
-		return 0, fmt.Errorf("insert buckets: %w", err)
+		return 0, err
 	}
-	return tag.RowsAffected(), nil
+	var b pgx.Batch
+	var written int64
+	h.Queue(&b, w, &written)
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return 0, fmt.Errorf("%s: %w", s, err)
+	}
+	return written, nil
 }
 
 // Stamp hands the rollup over to the cron job: every change before at is in

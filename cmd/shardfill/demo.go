@@ -28,7 +28,7 @@ synthetic usage history, runs the backfill with live progress (interrupting
 it once partway to show the resume), verifies the rollup against the raw
 rows, prints a summary and stops the database. Nothing outside the temp dir
 is touched.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), g, gen, cfg, interruptAt)
 		},

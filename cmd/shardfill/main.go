@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,13 +21,20 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
-	out := newRedactor(os.Stdout)
-	errOut := newRedactor(os.Stderr)
-	err := newRootCmd(out, errOut).ExecuteContext(ctx)
+	os.Exit(execute(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs one command line and returns its exit code; main and the
+// in-process tests share it.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	out, errOut := newRedactor(stdout), newRedactor(stderr)
+	root := newRootCmd(out, errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
 	if err != nil {
 		fmt.Fprintln(errOut, "shardfill:", err)
 	}
-	os.Exit(exitCode(err))
+	return exitCode(err)
 }
 
 // exitCode maps an error to the exit codes of the CLI contract.

@@ -43,6 +43,14 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return g.setup()
 		},
+		// Without a subcommand, help; with an unknown one, a usage error.
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q; see `shardfill --help`", args[0])}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
@@ -105,7 +113,8 @@ func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, 
 	}
 	cfg, err := pgxpool.ParseConfig(raw)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("invalid database URL %s: %w", redactURL(raw), err)}
+		// pgx's message hides the password; the raw URL is not repeated.
+		return nil, usageError{fmt.Errorf("invalid database URL: %w", err)}
 	}
 	g.addSecret(cfg.ConnConfig.Password)
 	cfg.MaxConns = int32(concurrency + 3)
@@ -139,6 +148,10 @@ func redactURL(raw string) string {
 
 // newEngine connects and builds an engine for the checkpoint schema.
 func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Engine, *pgxpool.Pool, error) {
+	// Refuse bad flags before touching the database.
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		return nil, nil, err
+	}
 	pool, err := g.connect(ctx, max(cfg.Concurrency, 1))
 	if err != nil {
 		return nil, nil, err
@@ -150,6 +163,14 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 		return nil, nil, err
 	}
 	return e, pool, nil
+}
+
+// noArgs is cobra.NoArgs as a usage error (exit code 2).
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return usageError{err}
+	}
+	return nil
 }
 
 func printf(w io.Writer, format string, args ...any) { fmt.Fprintf(w, format, args...) }

@@ -15,6 +15,7 @@ import (
 // addPlanFlags binds the flags that decide which slices a new run has; run
 // and plan share them.
 func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
+	fs.Int64Var(&cfg.MaxSliceRows, "max-slice-rows", 50_000, "cut a (workspace, month) with more raw rows into shorter whole-day slices")
 	fs.IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months, the current one included (0 = all history)")
 	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
 	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
@@ -31,7 +32,7 @@ The watermark is stamped when every slice of the run is done. Interrupt at
 any time (SIGINT/SIGTERM): in-flight slices roll back, and running the same
 command again resumes. Several processes, on several hosts, may run it
 against one database at once: they share the run.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
 				return err
@@ -62,6 +63,9 @@ against one database at once: they share the run.`,
 				return err
 			}
 			switch {
+			case cfg.PlanOnly:
+				printf(g.out, "run %d planned: %d slices, %d rows; `shardfill run` executes it\n",
+					res.Run.ID, res.Run.SlicesTotal, res.Run.RowsTotal)
 			case res.NothingToDo:
 				printf(g.out, "run %d is already done (watermark stamped %s); nothing to do. Use --new-run to backfill again.\n",
 					res.Run.ID, stampedAt(res.Run))
@@ -82,25 +86,25 @@ against one database at once: they share the run.`,
 	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst")
 	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
+	fs.Int64Var(&cfg.BatchRows, "batch-rows", 20_000, "tiny slices of one workspace share a transaction up to this many raw rows (each still checkpointed)")
+	fs.IntVar(&cfg.BatchSlices, "batch-slices", 100, "most slices in one batch (1 = no batching)")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 5, "tries of a slice on transient errors")
 	fs.DurationVar(&cfg.Lease, "lease", 60*time.Second, "how long a claimed slice stays this process's without renewal")
 	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", 0, "statement_timeout of each slice's transaction (0 = server default)")
 	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", 0, "lock_timeout of each slice's transaction (0 = server default)")
+	fs.BoolVar(&cfg.PlanOnly, "plan-only", false, "plan the run into the checkpoint tables and exit without executing it")
 	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress is still logged)")
 	addPlanFlags(fs, &cfg)
 	return cmd
 }
 
 func newPlanCmd(g *globals) *cobra.Command {
-	cfg := engine.Config{}
+	cfg := engine.Config{Concurrency: 1}
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Print the slices a run would have; write nothing",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
 			return printPlan(cmd, g, cfg)
 		},
 	}

@@ -19,7 +19,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show the latest run (or --run ID) as stored in the checkpoint tables",
 		Long: `Reads the checkpoint tables only, so it works from any machine while a
 run is in progress, whichever process or host runs it.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			pool, err := g.connect(ctx, 1)

@@ -26,7 +26,7 @@ func newVerifyCmd(g *globals) *cobra.Command {
 every (workspace, month) whose rows differ (wrong, missing or extra).
 --repair re-runs those slices under the cron lock. Exit code 0 means no
 mismatch (after repair, if asked).`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			e, pool, err := g.newEngine(ctx, cfg)

@@ -1,0 +1,105 @@
+// Package testenv sets up what most shardfill tests start from: a fresh
+// database on the shared throwaway server, with the target schema and a
+// generated history loaded.
+package testenv
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shardfill/shardfill/internal/fixture"
+	"github.com/shardfill/shardfill/internal/pgtest"
+)
+
+// Small is a history with every edge case that loads in well under a second.
+var Small = fixture.Config{Seed: 7, Workspaces: 25, Months: 6, Rows: 4000, Skew: 1.1}
+
+// DB returns the URL of a fresh database holding the target schema and,
+// unless cfg is nil, a history generated from cfg.
+func DB(t testing.TB, cfg *fixture.Config) string {
+	t.Helper()
+	url := pgtest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pool := Pool(t, url)
+	if err := fixture.LoadSchema(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if cfg != nil {
+		if _, err := fixture.Generate(ctx, pool, *cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return url
+}
+
+// Pool opens a pool on url, closed when the test ends.
+func Pool(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// Conn opens a single connection on url, closed when the test ends.
+func Conn(t testing.TB, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// RequireOracle fails the test unless task_usage_hourly equals the
+// aggregate of the raw rows, row for row.
+func RequireOracle(t testing.TB, q fixture.Querier) {
+	t.Helper()
+	diffs, total, err := fixture.Diff(context.Background(), q, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total > 0 {
+		t.Fatalf("rollup differs from the oracle in %d rows, e.g.:\n%v", total, diffs)
+	}
+}
+
+// RollupRows counts task_usage_hourly rows, failing the test on error.
+func RollupRows(t testing.TB, q fixture.Querier) int64 {
+	t.Helper()
+	var n int64
+	if err := q.QueryRow(context.Background(), `SELECT count(*) FROM task_usage_hourly`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TryCronLock reports whether another session could take the cron job's
+// lock right now, exactly as rollup_task_usage_hourly() tries it.
+func TryCronLock(t testing.TB, url string) bool {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var got bool
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(4246)`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
