@@ -240,9 +240,9 @@ type BatchLimits struct {
 // no longer holds the cron lock. It returns nil when there is nothing to
 // take.
 func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
-	got, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	got, wsRows, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
-		got, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
+		got, wsRows, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
 	}
 	if err != nil || len(got) == 0 {
 		return nil, err
@@ -251,7 +251,8 @@ func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLim
 	if err != nil {
 		return nil, err
 	}
-	return &b, s.estimate(ctx, runID, &b)
+	b.WorkspaceRows = wsRows
+	return &b, s.estimateRange(ctx, runID, &b)
 }
 
 const claimSet = `
@@ -259,7 +260,9 @@ const claimSet = `
 	SET state = 'running', owner = $2, owner_pid = $3, attempts = s.attempts + 1,
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
 	FROM pick WHERE s.run_id = $1 AND s.id = pick.id
-	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts`
+	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
+	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
+	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id)::bigint`
 
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
@@ -293,32 +296,33 @@ const claimAbandonedSQL = `
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
 
-func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, error) {
+// claim runs one claim statement; it also returns the workspace's rows over
+// the whole run, which the job's access path choice needs.
+func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, int64, error) {
 	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
 	rows, err := s.db.Query(ctx, s.q(sql), args...)
 	if err != nil {
-		return nil, fmt.Errorf("claim slices: %w", err)
+		return nil, 0, fmt.Errorf("claim slices: %w", err)
 	}
+	var wsRows int64
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt)
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &wsRows)
 		return sl, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim slices: %w", err)
+		return nil, 0, fmt.Errorf("claim slices: %w", err)
 	}
-	return got, nil
+	return got, wsRows, nil
 }
 
-// estimate fills in the row counts the job chooses its access path from:
-// the workspace's rows over the whole run and, when the batch holds only
-// part of them, every workspace's rows within the batch's ranges (slices
-// that overlap a range in part count pro rata).
-func (s *Store) estimate(ctx context.Context, runID int64, b *shard.Batch) error {
-	err := s.db.QueryRow(ctx, s.q(`SELECT coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND workspace_id = $2`), runID, b.Workspace).Scan(&b.WorkspaceRows)
-	if err != nil || b.Rows >= b.WorkspaceRows {
-		return err
+// estimateRange fills in, when the batch holds only part of its
+// workspace, every workspace's rows within the batch's ranges (slices that
+// overlap a range in part count pro rata): with WorkspaceRows, what the job
+// chooses its access path from.
+func (s *Store) estimateRange(ctx context.Context, runID int64, b *shard.Batch) error {
+	if b.Rows >= b.WorkspaceRows {
+		return nil
 	}
 	ranges := b.Ranges()
 	from, to := make([]time.Time, len(ranges)), make([]time.Time, len(ranges))
@@ -383,7 +387,7 @@ func (s *Store) QueueComplete(b *pgx.Batch, w shard.Batch) {
 	}
 	b.Queue(s.q(`
 		UPDATE _SCHEMA_.slice
-		SET state = 'done', finished_at = now(), lease_until = NULL, error = NULL
+		SET state = 'done', finished_at = clock_timestamp(), lease_until = NULL, error = NULL
 		WHERE run_id = $1 AND id = ANY($2)`), w.Slices[0].RunID, ids)
 }
 

@@ -438,8 +438,8 @@ func (w *workers) execute(ctx context.Context, sl shard.Batch) (int64, error) {
 // commit that flushes every earlier one. Parallel query is off because the
 // pool already keeps the cores busy.
 func txSettings(cfg Config) (names, values []string) {
-	names = []string{"synchronous_commit", "max_parallel_workers_per_gather"}
-	values = []string{"off", "0"}
+	names = []string{"synchronous_commit", "max_parallel_workers_per_gather", "jit"}
+	values = []string{"off", "0", "off"}
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
 		if d > 0 {
 			names = append(names, name)

@@ -66,13 +66,18 @@ var epoch = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
 // history with every edge case the generator guarantees.
 func TestRollupMatchesOracle(t *testing.T) {
 	t.Parallel()
-	for _, conc := range []int{1, 8} {
-		t.Run("concurrency="+string(rune('0'+conc)), func(t *testing.T) {
+	for name, cfg := range map[string]engine.Config{
+		"concurrency=1":            {Concurrency: 1},
+		"concurrency=8":            {Concurrency: 8},
+		"unbatched":                {Concurrency: 4, BatchSlices: 1},
+		"cut-months-small-batches": {Concurrency: 3, MaxSliceRows: 60, BatchRows: 200},
+	} {
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			cfg := fixture.Config{Seed: 11, Workspaces: 40, Months: 8, Rows: 12000, Skew: 1.2}
-			url := testenv.DB(t, &cfg)
+			gen := fixture.Config{Seed: 11, Workspaces: 40, Months: 8, Rows: 12000, Skew: 1.2}
+			url := testenv.DB(t, &gen)
 			pool := testenv.Pool(t, url)
-			res := run(t, newEngine(t, url, nil, engine.Config{Concurrency: conc}))
+			res := run(t, newEngine(t, url, nil, cfg))
 			if !res.Planned || res.Executed == 0 || res.Executed != res.Run.SlicesTotal {
 				t.Fatalf("executed %d of %d slices (planned %v)", res.Executed, res.Run.SlicesTotal, res.Planned)
 			}

@@ -1,0 +1,160 @@
+package job_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shardfill/shardfill/internal/fixture"
+	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/testenv"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// plan lists the slices of the whole history with at most maxRows per slice.
+func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
+	t.Helper()
+	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows FROM (`+
+		job.Hourly{}.PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
+		var s shard.Slice
+		return s, r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// Both access paths write exactly the oracle's rows: every slice is
+// applied once through the workspace path and once through the time path
+// (the second replaces the first), then the rollup is compared.
+func TestBothAccessPathsMatchOracle(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	ctx := context.Background()
+	slices := plan(t, pool, 200)
+	for _, path := range []string{"workspace", "time"} {
+		for _, s := range slices {
+			b, err := shard.NewBatch([]shard.Slice{s})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The job reads the time path when the range is much smaller
+			// than the workspace; these estimates force one or the other.
+			b.WorkspaceRows, b.RangeRows = s.EstRows, 0
+			if path == "time" {
+				b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
+			}
+			err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				var batch pgx.Batch
+				var written int64
+				job.Hourly{}.Queue(&batch, b, &written)
+				return tx.SendBatch(ctx, &batch).Close()
+			})
+			if err != nil {
+				t.Fatalf("%s path, %s: %v", path, s, err)
+			}
+		}
+		testenv.RequireOracle(t, pool)
+		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET input_tokens = input_tokens + 1`); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Cut months tile their month exactly: no gap, no overlap, on whole UTC
+// days, and no cut slice holds more than the limit unless it is one day.
+func TestPlanCutsBigMonthsIntoTilingDays(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &fixture.Config{Seed: 3, Workspaces: 8, Months: 4, Rows: 6000, TopShare: 0.5, Skew: 1})
+	pool := testenv.Pool(t, url)
+	const limit = 150
+	whole := plan(t, pool, math.MaxInt32)
+	cut := plan(t, pool, limit)
+	if len(cut) <= len(whole) {
+		t.Fatalf("nothing was cut: %d slices whole, %d cut", len(whole), len(cut))
+	}
+	var sumWhole, sumCut int64
+	for _, s := range whole {
+		sumWhole += s.EstRows
+	}
+	// plan sorts by workspace and start: each slice must begin where the
+	// previous one of its month ended, and months must be covered whole.
+	for i, s := range cut {
+		sumCut += s.EstRows
+		month := shard.MonthStart(s.From)
+		if s.From.Hour() != 0 || s.To.Hour() != 0 || !s.From.Before(s.To) || s.To.After(shard.NextMonth(month)) {
+			t.Fatalf("%s: not whole UTC days inside one month", s)
+		}
+		if !s.From.Equal(month) && (i == 0 || cut[i-1].Workspace != s.Workspace || !cut[i-1].To.Equal(s.From)) {
+			t.Fatalf("%s does not continue its month", s)
+		}
+		if !s.To.Equal(shard.NextMonth(month)) && (i+1 == len(cut) || cut[i+1].Workspace != s.Workspace || !cut[i+1].From.Equal(s.To)) {
+			t.Fatalf("%s leaves the rest of its month uncovered", s)
+		}
+	}
+	for _, s := range whole {
+		sumWhole += s.EstRows
+	}
+	next := map[string]shard.Slice{} // by workspace: the previous cut slice
+	for _, s := range cut {
+		sumCut += s.EstRows
+		if s.From.Hour() != 0 || s.To.Hour() != 0 || !s.From.Before(s.To) {
+			t.Fatalf("%s: not whole UTC days", s)
+		}
+		if prev, ok := next[s.Workspace]; ok && prev.To.After(s.From) {
+			t.Fatalf("%s overlaps %s", s, prev)
+		}
+		if prev, ok := next[s.Workspace]; ok && shard.MonthStart(prev.From).Equal(shard.MonthStart(s.From)) && !prev.To.Equal(s.From) {
+			t.Fatalf("gap between %s and %s", prev, s)
+		}
+		if s.From.Equal(shard.MonthStart(s.From)) == false {
+			if prev, ok := next[s.Workspace]; !ok || !prev.To.Equal(s.From) {
+				t.Fatalf("%s does not continue its month", s)
+			}
+		}
+		if s.EstRows > limit && s.To.Sub(s.From) > 24*60*60*1e9 {
+			// A part may exceed the limit by its last day only.
+			t.Logf("%s holds %d rows (> %d): allowed only through its last day", s, s.EstRows, limit)
+		}
+		next[s.Workspace] = s
+	}
+	for _, s := range whole {
+		if !s.From.Equal(shard.MonthStart(s.From)) || !s.To.Equal(shard.NextMonth(s.From)) {
+			t.Fatalf("uncut slice %s is not a whole month", s)
+		}
+	}
+	if sumWhole != sumCut {
+		t.Fatalf("cutting changed the row count: %d whole, %d cut", sumWhole, sumCut)
+	}
+}
+
+// Preflight names every missing piece and passes on a complete schema.
+func TestPreflight(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, nil)
+	pool := testenv.Pool(t, url)
+	ctx := context.Background()
+	if err := (job.Hourly{}).Preflight(ctx, pool); err != nil {
+		t.Fatalf("complete schema refused: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `DROP TABLE task_usage_hourly_rollup_state; DROP FUNCTION task_usage_hour_bucket(timestamptz) CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	err := job.Hourly{}.Preflight(ctx, pool)
+	var missing *job.MissingError
+	if !errors.As(err, &missing) || len(missing.Missing) < 2 {
+		t.Fatalf("want both missing pieces named, got %v", err)
+	}
+}
