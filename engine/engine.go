@@ -106,7 +106,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 
-	lock, err := acquireLock(ctx, e.db)
+	lock, err := acquireLock(ctx, e.db, e.cfg.Logger)
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}

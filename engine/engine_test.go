@@ -557,3 +557,43 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// While another session holds lock 4246 exclusively (a cron tick, or the
+// serial backfill command started by mistake) a run writes nothing and
+// waits; once the lock is released it proceeds.
+func TestWaitsWhileCronLockHeldExclusively(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	holder := testenv.Conn(t, url)
+	ctx := context.Background()
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock(4246)`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	e := newEngine(t, url, nil, engine.Config{})
+	go func() {
+		_, err := e.Run(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("run ended while the lock was held exclusively: %v", err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	if n := testenv.RollupRows(t, pool); n != 0 {
+		t.Fatalf("%d rollup rows written while the lock was held", n)
+	}
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock(4246)`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("run did not proceed after the lock was released")
+	}
+	testenv.RequireOracle(t, pool)
+}

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,9 +21,10 @@ type cronLock struct {
 	pid  int // backend pid, recorded with claims so others can tell we live
 }
 
-// acquireLock opens the dedicated connection and waits for the shared lock;
-// it waits while a cron tick holds the lock exclusively.
-func acquireLock(ctx context.Context, db *pgxpool.Pool) (*cronLock, error) {
+// acquireLock opens the dedicated connection and takes the shared lock. If
+// someone holds it exclusively (a cron tick, or the serial backfill command
+// started by mistake) it says who and waits.
+func acquireLock(ctx context.Context, db *pgxpool.Pool, log *slog.Logger) (*cronLock, error) {
 	conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig.Copy())
 	if err != nil {
 		return nil, fmt.Errorf("open lock connection: %w", err)
@@ -32,6 +34,23 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool) (*cronLock, error) {
 		l.Close()
 		return nil, fmt.Errorf("open lock connection: %w", err)
 	}
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, int64(job.CronLockKey)).Scan(&got); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("take cron lock %d: %w", job.CronLockKey, err)
+	}
+	if got {
+		return l, nil
+	}
+	var holder string
+	_ = conn.QueryRow(ctx, `
+		SELECT coalesce(string_agg(format('pid %s (%s, %s)', a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
+		                                  left(a.query, 60)), '; '), 'unknown')
+		FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = $1 AND l.objsubid = 1
+		  AND l.granted AND l.mode = 'ExclusiveLock'`, job.CronLockKey).Scan(&holder)
+	log.Warn("waiting for the cron lock: another session holds it exclusively (the cron tick, or the serial backfill command?)",
+		"lock", job.CronLockKey, "holder", holder)
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, int64(job.CronLockKey)); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("take cron lock %d: %w", job.CronLockKey, err)
