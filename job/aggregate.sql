@@ -6,17 +6,7 @@
 -- one workspace where the marker below stands.
 SELECT task_usage_hour_bucket(u.created_at) AS bucket_hour,
        a.workspace_id, t.runtime_id, t.agent_id, i.project_id, u.provider, u.model,
-       sum(u.input_tokens)::bigint       AS input_tokens,
-       sum(u.output_tokens)::bigint      AS output_tokens,
-       sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,
-       sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
-       count(DISTINCT u.task_id)         AS task_count,
-       count(*)                          AS event_count,
-       coalesce(sum(u.cost_usd_ticks), 0)::bigint AS cost_usd_ticks,
-       coalesce(sum(u.input_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint       AS uncosted_input_tokens,
-       coalesce(sum(u.output_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint      AS uncosted_output_tokens,
-       coalesce(sum(u.cache_read_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint  AS uncosted_cache_read_tokens,
-       coalesce(sum(u.cache_write_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint AS uncosted_cache_write_tokens
+       /*measures*/
 FROM agent a
 JOIN agent_task_queue t ON t.agent_id = a.id
 JOIN task_usage u ON u.task_id = t.id

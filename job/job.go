@@ -28,21 +28,38 @@ var (
 	planSQL string
 	//go:embed delete.sql
 	deleteSQL string
+	//go:embed measures.sql
+	measuresSQL string
 	//go:embed aggregate.sql
-	aggregateSQL string
+	aggregateTemplate string
 	//go:embed insert.sql
 	insertHead string
 	//go:embed by_time.sql
-	byTimeSQL string
+	byTimeTemplate string
 	//go:embed verify.sql
 	verifyHead string
 
-	// The statements are composed once from fixed fragments, so the
-	// aggregate a slice writes and the one verify checks are the same text.
+	// The statements are composed once from fixed fragments, so both access
+	// paths compute the same measures and verify checks exactly what a slice
+	// writes.
+	aggregateSQL         = withMeasures(aggregateTemplate)
+	byTimeSQL            = withMeasures(byTimeTemplate)
 	insertByWorkspaceSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/", "AND a.workspace_id = $3", 1)
 	insertByTimeSQL      = insertHead + byTimeSQL
 	verifySQL            = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
 )
+
+// withMeasures puts the measure list (measures.sql without its comment)
+// where a statement has the /*measures*/ marker.
+func withMeasures(sql string) string {
+	var body []string
+	for _, line := range strings.Split(measuresSQL, "\n") {
+		if line != "" && !strings.HasPrefix(line, "--") {
+			body = append(body, line)
+		}
+	}
+	return strings.Replace(sql, "       /*measures*/", strings.Join(body, "\n"), 1)
+}
 
 // CronLockKey is the advisory lock the cron entry rollup_task_usage_hourly()
 // takes with pg_try_advisory_xact_lock; holding it in shared mode keeps the
