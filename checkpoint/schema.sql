@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
     from_ts      timestamptz NOT NULL,
     to_ts        timestamptz NOT NULL,
     est_rows     bigint NOT NULL,
+    -- how far back in time the job must read for this slice (for the
+    -- rollup: the oldest creation of a task with usage in the slice; a task
+    -- can receive usage long after it was created). NULL: nothing to read.
+    read_from    timestamptz,
     state        text NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'running', 'done', 'failed')),
     attempts     integer NOT NULL DEFAULT 0,

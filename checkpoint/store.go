@@ -120,7 +120,7 @@ func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
 // PlanSpec describes how to plan a new run.
 type PlanSpec struct {
 	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
-	// est_rows; its parameters are $1 RangeFrom (or -infinity) and $2
+	// est_rows, read_from (see schema.sql); its parameters are $1 RangeFrom (or -infinity) and $2
 	// MaxSliceRows.
 	SourceSQL string
 	// RangeFrom is the lower time bound (--months-back); nil = all history.
@@ -196,9 +196,9 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 		return nil, err
 	}
 	_, err = tx.Exec(ctx, s.q(`
-		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows)
+		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from)
 		SELECT $3, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
-		       workspace_id, from_ts, to_ts, est_rows
+		       workspace_id, from_ts, to_ts, est_rows, read_from
 		FROM (`+spec.SourceSQL+`) src`), LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
@@ -261,8 +261,10 @@ const claimSet = `
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
 	FROM pick WHERE s.run_id = $1 AND s.id = pick.id
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
+	          coalesce(s.read_from, s.from_ts),
 	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
-	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id)::bigint`
+	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id
+	             AND w.to_ts > coalesce(s.read_from, s.from_ts))::bigint`
 
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
@@ -296,8 +298,8 @@ const claimAbandonedSQL = `
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
 
-// claim runs one claim statement; it also returns the workspace's rows over
-// the whole run, which the job's access path choice needs.
+// claim runs one claim statement; it also returns the workspace's rows
+// from the batch's read_from on, which the job's access path choice needs.
 func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, int64, error) {
 	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
 	rows, err := s.db.Query(ctx, s.q(sql), args...)
@@ -307,7 +309,9 @@ func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lea
 	var wsRows int64
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &wsRows)
+		var after int64
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &sl.ReadFrom, &after)
+		wsRows = max(wsRows, after) // the slice reading furthest back decides
 		return sl, err
 	})
 	if err != nil {

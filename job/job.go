@@ -44,7 +44,8 @@ var (
 	// writes.
 	aggregateSQL         = withMeasures(aggregateTemplate)
 	byTimeSQL            = withMeasures(byTimeTemplate)
-	insertByWorkspaceSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/", "AND a.workspace_id = $3", 1)
+	insertByWorkspaceSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/",
+		"AND a.workspace_id = $3 AND t.created_at >= $4", 1)
 	insertByTimeSQL      = insertHead + byTimeSQL
 	verifySQL            = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
 )
@@ -99,21 +100,25 @@ const timePathCost = 2
 // at once. *written receives the number of rollup rows inserted.
 //
 // The access path is chosen per batch from the planner's row counts: a
-// batch holding most of its workspace reads the workspace's tasks once
-// (agent -> task -> usage); a short slice of a big workspace reads the
-// range's usage rows instead, so its cost follows the range, not the
-// workspace's whole history.
+// batch holding most of its workspace reads the workspace's tasks (agent ->
+// task -> usage), skipping tasks created before the batch's ReadFrom, which
+// the planner derived from the data (a task can receive usage long after it
+// was created); a short slice of a big workspace reads the range's usage
+// rows instead, so its cost follows the range, not the workspace's history.
 func (Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
-	insert := insertByWorkspaceSQL
-	if w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows {
-		insert = insertByTimeSQL
-	}
+	byTime := w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows
+	readFrom := w.ReadFrom()
 	for _, r := range w.Ranges() {
 		b.Queue(deleteSQL, w.Workspace, r.From, r.To)
-		b.Queue(insert, r.From, r.To, w.Workspace).Exec(func(ct pgconn.CommandTag) error {
+		count := func(ct pgconn.CommandTag) error {
 			*written += ct.RowsAffected()
 			return nil
-		})
+		}
+		if byTime {
+			b.Queue(insertByTimeSQL, r.From, r.To, w.Workspace).Exec(count)
+		} else {
+			b.Queue(insertByWorkspaceSQL, r.From, r.To, w.Workspace, readFrom).Exec(count)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -20,14 +21,19 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // plan lists the slices of the whole history with at most maxRows per slice.
 func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 	t.Helper()
-	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows FROM (`+
+	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows, read_from FROM (`+
 		job.Hourly{}.PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var s shard.Slice
-		return s, r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows)
+		var readFrom *time.Time
+		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &readFrom)
+		if readFrom != nil {
+			s.ReadFrom = *readFrom
+		}
+		return s, err
 	})
 	if err != nil {
 		t.Fatal(err)

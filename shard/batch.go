@@ -18,7 +18,8 @@ type Batch struct {
 	Slices    []Slice // sorted by From
 	// Rows is the raw rows of the batch's slices, estimated at planning.
 	Rows int64
-	// WorkspaceRows is the raw rows of the workspace over the whole run.
+	// WorkspaceRows is the raw rows of the workspace from ReadFrom on: what
+	// reading the batch through the workspace's tasks costs.
 	WorkspaceRows int64
 	// RangeRows is the raw rows of every workspace within the batch's
 	// ranges (prorated for slices that overlap them in part).
@@ -55,6 +56,22 @@ func (b Batch) Ranges() []Range {
 		out = append(out, Range{From: s.From, To: s.To})
 	}
 	return out
+}
+
+// ReadFrom is how far back the batch's statements must read: the earliest
+// of its slices' bounds (a slice without one reads from its start).
+func (b Batch) ReadFrom() time.Time {
+	var at time.Time
+	for i, s := range b.Slices {
+		from := s.ReadFrom
+		if from.IsZero() || from.After(s.From) {
+			from = s.From
+		}
+		if i == 0 || from.Before(at) {
+			at = from
+		}
+	}
+	return at
 }
 
 // String names the batch for logs and errors.

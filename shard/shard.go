@@ -18,8 +18,9 @@ type Slice struct {
 	ID        int64
 	Workspace string // uuid in text form
 	From, To  time.Time
-	EstRows   int64 // raw rows counted when the run was planned
-	Attempt   int   // claim counter; with the owner it fences a worker
+	EstRows   int64     // raw rows counted when the run was planned
+	ReadFrom  time.Time // the job need not read data older than this for the slice
+	Attempt   int       // claim counter; with the owner it fences a worker
 }
 
 // String names a slice the way operators read it in logs and errors.
