@@ -428,6 +428,19 @@ func (s *Store) Renew(ctx context.Context, runID int64, owner string, lease time
 	return err
 }
 
+// Unclaimed reports whether run has slices that are neither done nor
+// failed and not held by owner: pending ones, or ones other processes are
+// working on (which may yet be abandoned to us). Cheap on any run size:
+// both conditions are partial-index lookups.
+func (s *Store) Unclaimed(ctx context.Context, runID int64, owner string) (bool, error) {
+	var any bool
+	err := s.db.QueryRow(ctx, s.q(`
+		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'pending')
+		    OR EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'running' AND owner <> $2)`),
+		runID, owner).Scan(&any)
+	return any, err
+}
+
 // Counts are the slices of a run by state.
 type Counts struct {
 	Total, Pending, Running, Done, Failed int64

@@ -292,7 +292,6 @@ type workers struct {
 	limiter  *rate.Limiter
 	claim    checkpoint.Claim
 	limits   checkpoint.BatchLimits
-	inFlight atomic.Int64
 	executed atomic.Int64
 	rows     atomic.Int64
 	done     chan struct{} // closed when every worker has returned
@@ -321,10 +320,7 @@ func (w *workers) loop(ctx context.Context) error {
 			}
 			continue
 		}
-		n := int64(len(batch.Slices))
-		w.inFlight.Add(n)
 		err = w.batch(ctx, *batch)
-		w.inFlight.Add(-n)
 		if err != nil {
 			return err
 		}
@@ -335,14 +331,11 @@ func (w *workers) loop(ctx context.Context) error {
 }
 
 // othersHoldSlices reports whether this idle worker should wait: slices are
-// unfinished but claimed elsewhere. Slices in flight in this process need no
-// waiting for, their workers see them through.
+// unfinished but claimed by other processes, which may yet abandon them.
+// Slices in flight in this process need no waiting for: their workers see
+// them through.
 func (w *workers) othersHoldSlices(ctx context.Context) (bool, error) {
-	c, err := w.e.store.Counts(ctx, w.runID)
-	if err != nil {
-		return false, err
-	}
-	return c.Unfinished() > w.inFlight.Load(), nil
+	return w.e.store.Unclaimed(ctx, w.runID, w.claim.Owner)
 }
 
 // batch runs one claimed batch to an end: done, failed, or lost. Only an
