@@ -368,7 +368,10 @@ func (s *Store) QueueFence(b *pgx.Batch, w shard.Batch, c Claim) {
 		}
 		return rows.Err()
 	})
-	b.Queue(`SELECT EXISTS (SELECT 1 FROM pg_locks l
+	// The transaction also takes the cron lock in shared mode itself: if
+	// the lock connection dies while this transaction writes, the cron job
+	// still cannot start until it has committed or rolled back.
+	b.Queue(`SELECT pg_try_advisory_xact_lock_shared(4246) AND EXISTS (SELECT 1 FROM pg_locks l
 		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
 		  AND l.granted AND l.pid = $1)`, c.PID).QueryRow(func(row pgx.Row) error {
 		var held bool

@@ -302,14 +302,24 @@ type workers struct {
 const pollInterval = time.Second
 
 func (w *workers) loop(ctx context.Context) error {
+	failures := 0 // consecutive failed claims
 	for {
 		if err := w.limiter.Wait(ctx); err != nil {
 			return err
 		}
 		batch, err := w.e.store.Claim(ctx, w.runID, w.claim, w.limits, w.e.cfg.Lease)
+		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
+			failures++
+			w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", failures, "err", err)
+			if err := sleep(ctx, backoff(w.e.cfg.Backoff, failures)); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		failures = 0
 		if batch == nil {
 			more, err := w.othersHoldSlices(ctx)
 			if err != nil || !more {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -441,7 +442,7 @@ func TestPreflightNamesEverythingMissing(t *testing.T) {
 	}
 	for _, want := range []string{"function rollup_task_usage_hourly()", "function rollup_task_usage_hourly_window()",
 		"table task_usage_hourly_dirty", "column task_usage_hourly.uncosted_input_tokens"} {
-		if !contains(missing.Missing, want) {
+		if !slices.Contains(missing.Missing, want) {
 			t.Errorf("missing %q not named in %v", want, missing.Missing)
 		}
 	}
@@ -547,15 +548,6 @@ func rollupChecksum(t *testing.T, pool *pgxpool.Pool, scope string) string {
 		t.Fatalf("checksum over no rows (scope %q)", scope)
 	}
 	return sum
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // While another session holds lock 4246 exclusively (a cron tick, or the

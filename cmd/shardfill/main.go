@@ -28,6 +28,14 @@ func main() {
 // in-process tests share it.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	out, errOut := newRedactor(stdout), newRedactor(stderr)
+	// Passwords may be echoed by a usage error before any connection is
+	// attempted (a URL given as a stray argument): blank them from the start.
+	for _, arg := range append(args, os.Getenv("DATABASE_URL"), os.Getenv("PGPASSWORD")) {
+		for _, secret := range secretsIn(arg) {
+			out.Add(secret)
+			errOut.Add(secret)
+		}
+	}
 	root := newRootCmd(out, errOut)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net/url"
+	"regexp"
+	"strings"
 	"sync"
 )
 
@@ -44,4 +46,33 @@ func (r *redactor) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// urlPassword finds the password of a URL even where url.Parse gives up.
+var urlPassword = regexp.MustCompile(`://[^:/@\s]*:([^@\s]+)@`)
+
+// dsnPassword finds password=... in a key/value connection string.
+var dsnPassword = regexp.MustCompile(`password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
+
+// secretsIn returns the passwords an argument may carry: a URL's user
+// password (after a --flag= prefix, if any) or a DSN's password=.
+func secretsIn(arg string) []string {
+	if i := strings.Index(arg, "="); strings.HasPrefix(arg, "--") && i > 0 {
+		arg = arg[i+1:]
+	}
+	var out []string
+	if u, err := url.Parse(arg); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			out = append(out, pw)
+		}
+	}
+	for _, m := range urlPassword.FindAllStringSubmatch(arg, -1) {
+		if pw, err := url.PathUnescape(m[1]); err == nil {
+			out = append(out, pw)
+		}
+	}
+	for _, m := range dsnPassword.FindAllStringSubmatch(arg, -1) {
+		out = append(out, strings.Trim(m[1], "'"))
+	}
+	return out
 }

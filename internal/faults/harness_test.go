@@ -97,10 +97,10 @@ func (b *syncBuf) String() string {
 type proc struct {
 	checked bool // its output was already checked for the password
 	args    []string
-	cmd  *exec.Cmd
-	out  *syncBuf
-	done chan struct{}
-	code int
+	cmd     *exec.Cmd
+	out     *syncBuf
+	done    chan struct{}
+	code    int
 }
 
 // bins runs binaries for one test: it keeps every output, asserts at the
@@ -288,7 +288,8 @@ func requireLockFree(t *testing.T, url string) {
 //
 //   - fault_cfg.sleep_s: every INSERT into task_usage_hourly (one per slice
 //     range) sleeps that long in a statement trigger: slices become slow,
-//     and a worker is "mid-slice" while its backend waits on PgSleep.
+//     and a worker is "mid-slice" while its backend waits on PgSleep. With
+//     fault_cfg.slow_ws set, only inserts of that workspace's rows sleep.
 //   - done_log: one row per transition of a slice to 'done', written in the
 //     transaction that makes it (so it exists iff that commit happened), with
 //     whether the owner's lock connection (or the committing backend itself)
@@ -297,14 +298,18 @@ func requireLockFree(t *testing.T, url string) {
 //     notification is delivered at commit.
 //   - stamp_log: one row per update of task_usage_hourly_rollup_state.
 const faultSQL = `
-CREATE TABLE fault_cfg (sleep_s float8 NOT NULL);
-INSERT INTO fault_cfg VALUES (0);
+CREATE TABLE fault_cfg (sleep_s float8 NOT NULL, slow_ws uuid);
+INSERT INTO fault_cfg VALUES (0, NULL);
 CREATE FUNCTION fault_slow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM pg_sleep((SELECT sleep_s FROM fault_cfg));
+	IF EXISTS (SELECT 1 FROM fault_cfg c
+	           WHERE c.slow_ws IS NULL OR EXISTS (SELECT 1 FROM ins WHERE ins.workspace_id = c.slow_ws)) THEN
+		PERFORM pg_sleep((SELECT sleep_s FROM fault_cfg));
+	END IF;
 	RETURN NULL;
 END $$;
-CREATE TRIGGER fault_slow AFTER INSERT ON task_usage_hourly FOR EACH STATEMENT EXECUTE FUNCTION fault_slow();
+CREATE TRIGGER fault_slow AFTER INSERT ON task_usage_hourly REFERENCING NEW TABLE AS ins
+	FOR EACH STATEMENT EXECUTE FUNCTION fault_slow();
 
 CREATE TABLE done_log (
 	run_id bigint, slice_id bigint, owner text, owner_pid int, attempts int,
