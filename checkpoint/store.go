@@ -233,12 +233,15 @@ type BatchLimits struct {
 	Slices int
 }
 
-// Claim takes a batch for c: the first pending slice in id order (largest
-// first) plus more pending slices of the same workspace, in time order,
-// while the batch stays within limits. When nothing is pending it takes
-// over one slice whose owner is gone: lease expired, or its lock connection
-// no longer holds the cron lock. It returns nil when there is nothing to
-// take.
+// Claim takes a batch for c, or returns nil when there is nothing to take.
+// The batch starts with the first pending slice in id order (largest
+// first). If all that is pending of its workspace fits the row budget, the
+// batch takes it, in time order: a small workspace is read once. Otherwise
+// (a big workspace) the batch fills up with pending slices of any
+// workspace in the same UTC month, largest first, which the job reads in
+// one sweep through time. When nothing is pending it takes over one slice
+// whose owner is gone: lease expired, or its lock connection no longer
+// holds the cron lock.
 func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
 	got, wsRows, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
@@ -261,7 +264,7 @@ const claimSet = `
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
 	FROM pick WHERE s.run_id = $1 AND s.id = pick.id
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
-	          coalesce(s.read_from, s.from_ts),
+	          s.read_from,
 	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
 	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id
 	             AND w.to_ts > coalesce(s.read_from, s.from_ts))::bigint`
@@ -269,21 +272,39 @@ const claimSet = `
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
 	WITH first AS (
-		SELECT run_id, id, workspace_id, est_rows FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND state = 'pending'
-		ORDER BY id LIMIT 1
+		SELECT f.run_id, f.id, f.workspace_id, f.est_rows,
+		       date_trunc('month', f.from_ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month_from,
+		       (date_trunc('month', f.from_ts AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' AS month_to,
+		       (SELECT sum(p.est_rows) FROM _SCHEMA_.slice p
+		        WHERE p.run_id = f.run_id AND p.workspace_id = f.workspace_id AND p.state = 'pending') AS ws_pending
+		FROM _SCHEMA_.slice f
+		WHERE f.run_id = $1 AND f.state = 'pending'
+		ORDER BY f.id LIMIT 1
 		FOR UPDATE SKIP LOCKED
+	), workspace_mates AS (
+		SELECT s.id, s.est_rows, row_number() OVER (ORDER BY s.from_ts) AS ord
+		FROM (SELECT s.id, s.est_rows, s.from_ts
+		      FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id AND s.workspace_id = f.workspace_id
+		      WHERE f.ws_pending <= $5 AND s.state = 'pending' AND s.id <> f.id
+		      ORDER BY s.from_ts LIMIT $6
+		      FOR UPDATE OF s SKIP LOCKED) s
+	), month_mates AS (
+		SELECT s.id, s.est_rows, row_number() OVER (ORDER BY s.id) AS ord
+		FROM (SELECT s.id, s.est_rows
+		      FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id
+		      WHERE f.ws_pending > $5 AND f.est_rows < $5 AND s.state = 'pending' AND s.id <> f.id
+		        AND s.from_ts >= f.month_from AND s.from_ts < f.month_to
+		      ORDER BY s.id LIMIT $6
+		      FOR UPDATE OF s SKIP LOCKED) s
 	), mates AS (
-		SELECT s.id, s.est_rows, s.from_ts
-		FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id AND s.workspace_id = f.workspace_id
-		WHERE s.state = 'pending' AND s.id <> f.id AND f.est_rows < $5
-		ORDER BY s.from_ts LIMIT $6
-		FOR UPDATE OF s SKIP LOCKED
+		SELECT id, est_rows, ord FROM workspace_mates
+		UNION ALL
+		SELECT id, est_rows, ord FROM month_mates
 	), pick AS (
 		SELECT id FROM first
 		UNION ALL
 		SELECT m.id
-		FROM (SELECT id, sum(est_rows) OVER (ORDER BY from_ts, id) AS running FROM mates) m, first f
+		FROM (SELECT id, sum(est_rows) OVER (ORDER BY ord) AS running FROM mates) m, first f
 		WHERE f.est_rows + m.running <= $5
 	)` + claimSet
 
@@ -298,46 +319,53 @@ const claimAbandonedSQL = `
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
 
-// claim runs one claim statement; it also returns the workspace's rows
-// from the batch's read_from on, which the job's access path choice needs.
+// claim runs one claim statement. It also returns what reading the batch
+// through its workspaces' tasks costs: per workspace, its rows from the
+// earliest read_from of its slices in the batch on, summed.
 func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, int64, error) {
 	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
 	rows, err := s.db.Query(ctx, s.q(sql), args...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim slices: %w", err)
 	}
-	var wsRows int64
+	perWorkspace := map[string]int64{}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
+		var readFrom *time.Time
 		var after int64
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &sl.ReadFrom, &after)
-		wsRows = max(wsRows, after) // the slice reading furthest back decides
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom, &after)
+		if readFrom != nil {
+			sl.ReadFrom = *readFrom
+		} else {
+			sl.ReadFrom = sl.From // planned without raw rows: nothing older to read
+		}
+		perWorkspace[sl.Workspace] = max(perWorkspace[sl.Workspace], after)
 		return sl, err
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("claim slices: %w", err)
 	}
-	return got, wsRows, nil
+	var total int64
+	for _, n := range perWorkspace {
+		total += n
+	}
+	return got, total, nil
 }
 
-// estimateRange fills in, when the batch holds only part of its
-// workspace, every workspace's rows within the batch's ranges (slices that
-// overlap a range in part count pro rata): with WorkspaceRows, what the job
-// chooses its access path from.
+// estimateRange fills in, unless the batch holds all the rows its
+// workspaces have from ReadFrom on, every workspace's rows within the
+// batch's time span (slices that overlap it in part count pro rata): with
+// WorkspaceRows, what the job chooses its access path from.
 func (s *Store) estimateRange(ctx context.Context, runID int64, b *shard.Batch) error {
 	if b.Rows >= b.WorkspaceRows {
 		return nil
 	}
-	ranges := b.Ranges()
-	from, to := make([]time.Time, len(ranges)), make([]time.Time, len(ranges))
-	for i, r := range ranges {
-		from[i], to[i] = r.From, r.To
-	}
+	from, to := b.Bounds()
 	return s.db.QueryRow(ctx, s.q(`
-		SELECT coalesce(sum(s.est_rows * extract(epoch FROM least(s.to_ts, r.t) - greatest(s.from_ts, r.f))
-		                              / extract(epoch FROM s.to_ts - s.from_ts)), 0)::bigint
-		FROM unnest($2::timestamptz[], $3::timestamptz[]) r(f, t)
-		JOIN _SCHEMA_.slice s ON s.run_id = $1 AND s.from_ts < r.t AND s.to_ts > r.f`), runID, from, to).Scan(&b.RangeRows)
+		SELECT coalesce(sum(est_rows * extract(epoch FROM least(to_ts, $3) - greatest(from_ts, $2))
+		                              / extract(epoch FROM to_ts - from_ts)), 0)::bigint
+		FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND from_ts < $3 AND to_ts > $2`), runID, from, to).Scan(&b.RangeRows)
 }
 
 // ErrNotProtected is returned by Fence when the owner's lock connection no

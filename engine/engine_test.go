@@ -303,14 +303,16 @@ func TestWatermarkStampedOnceAtPlanTime(t *testing.T) {
 	}
 }
 
-// failingJob fails (permanently) every slice of one workspace.
+// failingJob fails (permanently) every batch holding a slice of one
+// workspace; the engine must narrow the failure down to that workspace's
+// slices.
 type failingJob struct {
 	job.Hourly
 	workspace string
 }
 
 func (f failingJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
-	if w.Workspace == f.workspace {
+	if slices.ContainsFunc(w.Slices, func(s shard.Slice) bool { return s.Workspace == f.workspace }) {
 		b.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
 		return
 	}

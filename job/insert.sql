@@ -1,6 +1,7 @@
--- Replace, step two: insert the aggregate (aggregate.sql, narrowed to
--- workspace $3) of the slice's raw rows. Bounds are hour-aligned, so every
--- bucket lands inside the range step one deleted.
+-- Replace, step two: insert the aggregate of the batch's raw rows, read
+-- through one of the two access paths (by_workspace.sql, by_time.sql).
+-- Bounds are hour-aligned, so every bucket lands inside a range step one
+-- deleted.
 INSERT INTO task_usage_hourly (
     bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,

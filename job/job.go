@@ -30,24 +30,21 @@ var (
 	deleteSQL string
 	//go:embed measures.sql
 	measuresSQL string
-	//go:embed aggregate.sql
-	aggregateTemplate string
+	//go:embed by_workspace.sql
+	byWorkspaceTemplate string
 	//go:embed insert.sql
 	insertHead string
 	//go:embed by_time.sql
 	byTimeTemplate string
 	//go:embed verify.sql
-	verifyHead string
+	verifyTemplate string
 
 	// The statements are composed once from fixed fragments, so both access
-	// paths compute the same measures and verify checks exactly what a slice
-	// writes.
-	aggregateSQL         = withMeasures(aggregateTemplate)
-	byTimeSQL            = withMeasures(byTimeTemplate)
-	insertByWorkspaceSQL = insertHead + strings.Replace(aggregateSQL, "/*workspace*/",
-		"AND a.workspace_id = $3 AND t.created_at >= $4", 1)
-	insertByTimeSQL      = insertHead + byTimeSQL
-	verifySQL            = strings.Replace(verifyHead, "/*aggregate*/", aggregateSQL, 1)
+	// paths compute the same measures and verify checks exactly what a
+	// slice writes.
+	insertByWorkspaceSQL = insertHead + withMeasures(byWorkspaceTemplate)
+	insertByTimeSQL      = insertHead + withMeasures(byTimeTemplate)
+	verifySQL            = withMeasures(verifyTemplate)
 )
 
 // withMeasures puts the measure list (measures.sql without its comment)
@@ -59,7 +56,7 @@ func withMeasures(sql string) string {
 			body = append(body, line)
 		}
 	}
-	return strings.Replace(sql, "       /*measures*/", strings.Join(body, "\n"), 1)
+	return strings.Replace(sql, "/*measures*/", strings.TrimLeft(strings.Join(body, "\n"), " "), 1)
 }
 
 // CronLockKey is the advisory lock the cron entry rollup_task_usage_hourly()
@@ -94,32 +91,38 @@ func (Hourly) PlanSQL() string { return planSQL }
 const timePathCost = 2
 
 // Queue appends to b the statements that replace the buckets of batch w:
-// for each merged range, delete the workspace's buckets and insert the
-// aggregate of its raw rows. Deleting first and inserting second (rather
-// than one statement) keeps the unique key from ever seeing old and new rows
-// at once. *written receives the number of rollup rows inserted.
+// delete the batch's buckets, then insert the aggregate of its raw rows.
+// Deleting first and inserting second (rather than one statement) keeps the
+// unique key from ever seeing old and new rows at once. *written receives
+// the number of rollup rows inserted.
 //
-// The access path is chosen per batch from the planner's row counts: a
-// batch holding most of its workspace reads the workspace's tasks (agent ->
-// task -> usage), skipping tasks created before the batch's ReadFrom, which
-// the planner derived from the data (a task can receive usage long after it
-// was created); a short slice of a big workspace reads the range's usage
-// rows instead, so its cost follows the range, not the workspace's history.
+// The access path is chosen per batch from the planner's row counts. The
+// workspace path reads the batch's workspaces' tasks (agent -> task ->
+// usage), skipping tasks created before the batch's ReadFrom, which the
+// planner derived from the data (a task can receive usage long after it was
+// created): its cost is the workspaces' rows from then on. The time path
+// reads every usage row in the batch's time span: its cost is all
+// workspaces' rows in that span. A batch of a small workspace's months
+// takes the first; a short slice of a big workspace, or one month of many
+// workspaces, the second.
 func (Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
-	byTime := w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows
-	readFrom := w.ReadFrom()
-	for _, r := range w.Ranges() {
-		b.Queue(deleteSQL, w.Workspace, r.From, r.To)
-		count := func(ct pgconn.CommandTag) error {
-			*written += ct.RowsAffected()
-			return nil
-		}
-		if byTime {
-			b.Queue(insertByTimeSQL, r.From, r.To, w.Workspace).Exec(count)
-		} else {
-			b.Queue(insertByWorkspaceSQL, r.From, r.To, w.Workspace, readFrom).Exec(count)
-		}
+	spans := w.Spans()
+	ws := make([]string, len(spans))
+	from, to := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+	for i, s := range spans {
+		ws[i], from[i], to[i] = s.Workspace, s.From, s.To
 	}
+	count := func(ct pgconn.CommandTag) error {
+		*written += ct.RowsAffected()
+		return nil
+	}
+	b.Queue(deleteSQL, ws, from, to)
+	if w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows {
+		lo, hi := w.Bounds()
+		b.Queue(insertByTimeSQL, ws, from, to, lo, hi).Exec(count)
+		return
+	}
+	b.Queue(insertByWorkspaceSQL, ws, from, to, w.ReadFrom()).Exec(count)
 }
 
 // Apply replaces the buckets of one slice inside tx, outside any run (verify

@@ -164,3 +164,51 @@ func TestPreflight(t *testing.T) {
 		t.Fatalf("want both missing pieces named, got %v", err)
 	}
 }
+
+// Batches of many workspaces' slices of one month, and of one workspace's
+// many months, write the oracle's rows through either path.
+func TestMultiSliceBatchesMatchOracle(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	ctx := context.Background()
+	slices := plan(t, pool, 300)
+	byMonth, byWorkspace := map[time.Time][]shard.Slice{}, map[string][]shard.Slice{}
+	for _, s := range slices {
+		m := shard.MonthStart(s.From)
+		byMonth[m] = append(byMonth[m], s)
+		byWorkspace[s.Workspace] = append(byWorkspace[s.Workspace], s)
+	}
+	apply := func(group []shard.Slice, timePath bool) {
+		b, err := shard.NewBatch(group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WorkspaceRows, b.RangeRows = 1, 0
+		if timePath {
+			b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
+		}
+		err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			var batch pgx.Batch
+			var written int64
+			job.Hourly{}.Queue(&batch, b, &written)
+			return tx.SendBatch(ctx, &batch).Close()
+		})
+		if err != nil {
+			t.Fatalf("%s (time path %v): %v", b, timePath, err)
+		}
+	}
+	for _, timePath := range []bool{true, false} {
+		for _, group := range byMonth {
+			apply(group, timePath)
+		}
+		testenv.RequireOracle(t, pool)
+		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET event_count = event_count + 1`); err != nil {
+			t.Fatal(err)
+		}
+		for _, group := range byWorkspace {
+			apply(group, timePath)
+		}
+		testenv.RequireOracle(t, pool)
+	}
+}

@@ -6,65 +6,91 @@ import (
 	"time"
 )
 
-// Range is a half-open UTC time range [From, To).
-type Range struct{ From, To time.Time }
-
-// Batch is several slices of one workspace run as one transaction: tiny
-// slices share the fixed costs (round trips, statement start, commit) while
-// each keeps its own checkpoint row. The estimates let the job pick the
-// cheaper access path for the batch.
-type Batch struct {
+// Span is one workspace's half-open UTC time range [From, To) in a batch.
+type Span struct {
 	Workspace string
-	Slices    []Slice // sorted by From
+	From, To  time.Time
+}
+
+// Batch is several slices run as one transaction and one statement: tiny
+// slices share the fixed costs (round trips, statement start, commit) while
+// each keeps its own checkpoint row. A batch holds either consecutive
+// slices of one workspace or slices of many workspaces within one month.
+// The estimates let the job pick the cheaper access path.
+type Batch struct {
+	Slices []Slice // sorted by workspace, then start
 	// Rows is the raw rows of the batch's slices, estimated at planning.
 	Rows int64
-	// WorkspaceRows is the raw rows of the workspace from ReadFrom on: what
-	// reading the batch through the workspace's tasks costs.
+	// WorkspaceRows is the raw rows of the batch's workspaces from
+	// ReadFrom on: what reading through their tasks costs.
 	WorkspaceRows int64
-	// RangeRows is the raw rows of every workspace within the batch's
-	// ranges (prorated for slices that overlap them in part).
+	// RangeRows is the raw rows of every workspace within the span of the
+	// batch (prorated for slices that overlap it in part): what reading
+	// through time costs. 0 when not estimated.
 	RangeRows int64
 }
 
-// NewBatch groups slices of one workspace; it sorts them by start.
+// NewBatch groups slices; it sorts them by workspace and start.
 func NewBatch(slices []Slice) (Batch, error) {
 	if len(slices) == 0 {
 		return Batch{}, fmt.Errorf("empty batch")
 	}
-	b := Batch{Workspace: slices[0].Workspace, Slices: append([]Slice(nil), slices...)}
-	sort.Slice(b.Slices, func(i, j int) bool { return b.Slices[i].From.Before(b.Slices[j].From) })
-	for _, s := range b.Slices {
-		if s.Workspace != b.Workspace {
-			return Batch{}, fmt.Errorf("batch mixes workspaces %s and %s", b.Workspace, s.Workspace)
+	b := Batch{Slices: append([]Slice(nil), slices...)}
+	sort.Slice(b.Slices, func(i, j int) bool {
+		si, sj := b.Slices[i], b.Slices[j]
+		if si.Workspace != sj.Workspace {
+			return si.Workspace < sj.Workspace
 		}
+		return si.From.Before(sj.From)
+	})
+	for _, s := range b.Slices {
 		b.Rows += s.EstRows
 	}
 	return b, nil
 }
 
-// Ranges merges the slices' ranges where one ends as the next begins, so a
-// workspace whose months all landed in one batch is read in one sweep.
-func (b Batch) Ranges() []Range {
-	var out []Range
+// Spans merges the slices of each workspace where one ends as the next
+// begins, so a workspace whose months all landed in one batch is read in
+// one sweep.
+func (b Batch) Spans() []Span {
+	var out []Span
 	for _, s := range b.Slices {
-		if n := len(out); n > 0 && !s.From.After(out[n-1].To) {
+		if n := len(out); n > 0 && out[n-1].Workspace == s.Workspace && !s.From.After(out[n-1].To) {
 			if s.To.After(out[n-1].To) {
 				out[n-1].To = s.To
 			}
 			continue
 		}
-		out = append(out, Range{From: s.From, To: s.To})
+		out = append(out, Span{Workspace: s.Workspace, From: s.From, To: s.To})
 	}
 	return out
 }
 
+// Bounds is the time the batch covers: from its earliest start to its
+// latest end.
+func (b Batch) Bounds() (from, to time.Time) {
+	for i, s := range b.Slices {
+		if i == 0 || s.From.Before(from) {
+			from = s.From
+		}
+		if i == 0 || s.To.After(to) {
+			to = s.To
+		}
+	}
+	return from, to
+}
+
 // ReadFrom is how far back the batch's statements must read: the earliest
-// of its slices' bounds (a slice without one reads from its start).
+// of its slices' bounds. A slice without a bound (zero) makes it zero: read
+// all history.
 func (b Batch) ReadFrom() time.Time {
 	var at time.Time
 	for i, s := range b.Slices {
+		if s.ReadFrom.IsZero() {
+			return time.Time{}
+		}
 		from := s.ReadFrom
-		if from.IsZero() || from.After(s.From) {
+		if from.After(s.From) {
 			from = s.From
 		}
 		if i == 0 || from.Before(at) {
@@ -74,11 +100,25 @@ func (b Batch) ReadFrom() time.Time {
 	return at
 }
 
+// Workspaces counts the distinct workspaces of the batch.
+func (b Batch) Workspaces() int {
+	n := 0
+	for i, s := range b.Slices {
+		if i == 0 || s.Workspace != b.Slices[i-1].Workspace {
+			n++
+		}
+	}
+	return n
+}
+
 // String names the batch for logs and errors.
 func (b Batch) String() string {
 	if len(b.Slices) == 1 {
 		return b.Slices[0].String()
 	}
-	return fmt.Sprintf("%d slices of workspace %s (%s..%s)", len(b.Slices), b.Workspace,
-		b.Slices[0].From.UTC().Format("2006-01-02"), b.Slices[len(b.Slices)-1].To.UTC().Format("2006-01-02"))
+	from, to := b.Bounds()
+	if n := b.Workspaces(); n > 1 {
+		return fmt.Sprintf("%d slices of %d workspaces (%s)", len(b.Slices), n, Period(from, to))
+	}
+	return fmt.Sprintf("%d slices of workspace %s (%s)", len(b.Slices), b.Slices[0].Workspace, Period(from, to))
 }

@@ -19,7 +19,7 @@ type Slice struct {
 	Workspace string // uuid in text form
 	From, To  time.Time
 	EstRows   int64     // raw rows counted when the run was planned
-	ReadFrom  time.Time // the job need not read data older than this for the slice
+	ReadFrom  time.Time // the job need not read data older than this; zero: read all
 	Attempt   int       // claim counter; with the owner it fences a worker
 }
 

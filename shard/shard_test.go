@@ -25,26 +25,52 @@ func TestMonthBoundariesIgnoreLocalZone(t *testing.T) {
 	}
 }
 
-func TestBatchRangesMergeAdjacent(t *testing.T) {
-	s := func(id int64, from, to time.Time) Slice {
-		return Slice{ID: id, Workspace: "w", From: from, To: to, EstRows: 10}
+func TestBatchSpansMergeAdjacentPerWorkspace(t *testing.T) {
+	s := func(ws string, from, to time.Time) Slice {
+		return Slice{Workspace: ws, From: from, To: to, EstRows: 10}
 	}
 	b, err := NewBatch([]Slice{
-		s(3, month(2026, 3), month(2026, 4)),
-		s(1, month(2026, 1), month(2026, 2)),
-		s(2, month(2026, 2), month(2026, 3)),
-		s(4, month(2026, 6), month(2026, 7)),
+		s("w", month(2026, 3), month(2026, 4)),
+		s("v", month(2026, 4), month(2026, 5)),
+		s("w", month(2026, 1), month(2026, 2)),
+		s("w", month(2026, 2), month(2026, 3)),
+		s("w", month(2026, 6), month(2026, 7)),
+		s("x", month(2026, 1), month(2026, 2)),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := b.Ranges()
-	want := []Range{{month(2026, 1), month(2026, 4)}, {month(2026, 6), month(2026, 7)}}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || b.Rows != 40 {
-		t.Fatalf("ranges %v rows %d, want %v and 40", got, b.Rows, want)
+	got := b.Spans()
+	want := []Span{
+		{"v", month(2026, 4), month(2026, 5)},
+		{"w", month(2026, 1), month(2026, 4)},
+		{"w", month(2026, 6), month(2026, 7)},
+		{"x", month(2026, 1), month(2026, 2)},
 	}
-	if _, err := NewBatch([]Slice{s(1, month(2026, 1), month(2026, 2)), {Workspace: "x"}}); err == nil {
-		t.Fatal("a batch mixing workspaces was accepted")
+	if len(got) != len(want) || b.Rows != 60 || b.Workspaces() != 3 {
+		t.Fatalf("spans %v rows %d workspaces %d", got, b.Rows, b.Workspaces())
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("span %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	if from, to := b.Bounds(); !from.Equal(month(2026, 1)) || !to.Equal(month(2026, 7)) {
+		t.Fatalf("bounds %s..%s", from, to)
+	}
+}
+
+func TestBatchReadFrom(t *testing.T) {
+	b, _ := NewBatch([]Slice{
+		{Workspace: "w", From: month(2026, 3), To: month(2026, 4), ReadFrom: month(2025, 11)},
+		{Workspace: "w", From: month(2026, 4), To: month(2026, 5), ReadFrom: month(2025, 12)},
+	})
+	if got := b.ReadFrom(); !got.Equal(month(2025, 11)) {
+		t.Fatalf("ReadFrom = %s", got)
+	}
+	b.Slices = append(b.Slices, Slice{Workspace: "w", From: month(2026, 5), To: month(2026, 6)})
+	if got := b.ReadFrom(); !got.IsZero() {
+		t.Fatalf("ReadFrom with an unbounded slice = %s, want zero (read all)", got)
 	}
 }
 

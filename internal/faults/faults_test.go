@@ -572,7 +572,7 @@ func TestInjectedErrors(t *testing.T) {
 	injected := map[int64]string{}
 	tries := map[int64]int{}
 	j := hookJob{hook: func(b *pgx.Batch, w shard.Batch) {
-		if w.Workspace == badWS {
+		if w.Slices[0].Workspace == badWS { // BatchSlices: 1
 			return
 		}
 		mu.Lock()
