@@ -235,13 +235,10 @@ type BatchLimits struct {
 
 // Claim takes a batch for c, or returns nil when there is nothing to take.
 // The batch starts with the first pending slice in id order (largest
-// first). If all that is pending of its workspace fits the row budget, the
-// batch takes it, in time order: a small workspace is read once. Otherwise
-// (a big workspace) the batch fills up with pending slices of any
-// workspace in the same UTC month, largest first, which the job reads in
-// one sweep through time. When nothing is pending it takes over one slice
-// whose owner is gone: lease expired, or its lock connection no longer
-// holds the cron lock.
+// first) and fills up, largest first and within limits, with pending slices
+// of other workspaces in the same time window, which the job can read in
+// one sweep. When nothing is pending it takes over one slice whose owner is
+// gone: lease expired, or its lock connection no longer holds the cron lock.
 func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
 	got, wsRows, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
@@ -272,39 +269,23 @@ const claimSet = `
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
 	WITH first AS (
-		SELECT f.run_id, f.id, f.workspace_id, f.est_rows,
-		       date_trunc('month', f.from_ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS month_from,
-		       (date_trunc('month', f.from_ts AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' AS month_to,
-		       (SELECT sum(p.est_rows) FROM _SCHEMA_.slice p
-		        WHERE p.run_id = f.run_id AND p.workspace_id = f.workspace_id AND p.state = 'pending') AS ws_pending
-		FROM _SCHEMA_.slice f
-		WHERE f.run_id = $1 AND f.state = 'pending'
-		ORDER BY f.id LIMIT 1
+		SELECT run_id, id, est_rows, from_ts, to_ts
+		FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND state = 'pending'
+		ORDER BY id LIMIT 1
 		FOR UPDATE SKIP LOCKED
-	), workspace_mates AS (
-		SELECT s.id, s.est_rows, row_number() OVER (ORDER BY s.from_ts) AS ord
-		FROM (SELECT s.id, s.est_rows, s.from_ts
-		      FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id AND s.workspace_id = f.workspace_id
-		      WHERE f.ws_pending <= $5 AND s.state = 'pending' AND s.id <> f.id
-		      ORDER BY s.from_ts LIMIT $6
-		      FOR UPDATE OF s SKIP LOCKED) s
-	), month_mates AS (
-		SELECT s.id, s.est_rows, row_number() OVER (ORDER BY s.id) AS ord
-		FROM (SELECT s.id, s.est_rows
-		      FROM _SCHEMA_.slice s JOIN first f ON s.run_id = f.run_id
-		      WHERE f.ws_pending > $5 AND f.est_rows < $5 AND s.state = 'pending' AND s.id <> f.id
-		        AND s.from_ts >= f.month_from AND s.from_ts < f.month_to
-		      ORDER BY s.id LIMIT $6
-		      FOR UPDATE OF s SKIP LOCKED) s
 	), mates AS (
-		SELECT id, est_rows, ord FROM workspace_mates
-		UNION ALL
-		SELECT id, est_rows, ord FROM month_mates
+		SELECT s.id, s.est_rows
+		FROM _SCHEMA_.slice s JOIN first f
+		  ON s.run_id = f.run_id AND s.from_ts = f.from_ts AND s.to_ts = f.to_ts
+		WHERE f.est_rows < $5 AND s.state = 'pending' AND s.id <> f.id
+		ORDER BY s.id LIMIT $6
+		FOR UPDATE OF s SKIP LOCKED
 	), pick AS (
 		SELECT id FROM first
 		UNION ALL
 		SELECT m.id
-		FROM (SELECT id, sum(est_rows) OVER (ORDER BY ord) AS running FROM mates) m, first f
+		FROM (SELECT id, sum(est_rows) OVER (ORDER BY id) AS running FROM mates) m, first f
 		WHERE f.est_rows + m.running <= $5
 	)` + claimSet
 

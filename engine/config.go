@@ -34,14 +34,15 @@ type Config struct {
 	// slice: plan ahead, then start workers later or on other hosts.
 	// Default false.
 	PlanOnly bool
-	// MaxSliceRows cuts a (workspace, month) with more raw rows than this
-	// into shorter whole-day slices when a run is planned. Default 50 000.
+	// MaxSliceRows cuts a month whose raw rows (all workspaces) exceed it
+	// into whole-day windows of about that many rows when a run is planned;
+	// a slice is one workspace's rows in one window. Default 50 000.
 	MaxSliceRows int64
-	// BatchRows lets tiny slices of one workspace share a transaction and
-	// statement while their estimated rows stay within it; each slice is
-	// still checkpointed on its own. Default 20 000.
+	// BatchRows lets slices of one window share a transaction and one
+	// sweep through the window while their estimated rows stay within it;
+	// each slice is still checkpointed on its own. Default 50 000.
 	BatchRows int64
-	// BatchSlices caps the slices in one batch. Default 100; 1 disables
+	// BatchSlices caps the slices in one batch. Default 5 000; 1 disables
 	// batching.
 	BatchSlices int
 	// MaxAttempts bounds the tries of a slice on transient errors.
@@ -78,10 +79,10 @@ func (c Config) WithDefaults() Config {
 		c.MaxSliceRows = 50_000
 	}
 	if c.BatchRows == 0 {
-		c.BatchRows = 20_000
+		c.BatchRows = 50_000
 	}
 	if c.BatchSlices == 0 {
-		c.BatchSlices = 100
+		c.BatchSlices = 5_000
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5

@@ -307,7 +307,7 @@ func (w *workers) loop(ctx context.Context) error {
 		if err := w.limiter.Wait(ctx); err != nil {
 			return err
 		}
-		batch, err := w.e.store.Claim(ctx, w.runID, w.claim, w.limits, w.e.cfg.Lease)
+		batch, err := w.claimBatch(ctx)
 		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
 			failures++
 			w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", failures, "err", err)
@@ -338,6 +338,21 @@ func (w *workers) loop(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// claimBatch claims the next batch. The claim statement is never cut short
+// by a cancel: a statement abandoned mid-way may still commit on the server
+// after this process has handed its claims back, leaving them looking
+// taken. A batch claimed just as the run was cancelled is returned with the
+// cancellation, and handed back with the rest.
+func (w *workers) claimBatch(ctx context.Context) (*shard.Batch, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	batch, err := w.e.store.Claim(cctx, w.runID, w.claim, w.limits, w.e.cfg.Lease)
+	if err == nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return batch, err
 }
 
 // othersHoldSlices reports whether this idle worker should wait: slices are
@@ -439,10 +454,11 @@ func (w *workers) execute(ctx context.Context, sl shard.Batch) (int64, error) {
 // to synchronous_commit = off only means its slices are redone (their done
 // marks are lost with their rows), and the watermark stamp is a durable
 // commit that flushes every earlier one. Parallel query is off because the
-// pool already keeps the cores busy.
+// pool already keeps the cores busy, JIT because its compile time dwarfs a
+// slice's run time. work_mem lets a batch sort and hash in memory.
 func txSettings(cfg Config) (names, values []string) {
-	names = []string{"synchronous_commit", "max_parallel_workers_per_gather", "jit"}
-	values = []string{"off", "0", "off"}
+	names = []string{"synchronous_commit", "max_parallel_workers_per_gather", "jit", "work_mem"}
+	values = []string{"off", "0", "off", "64MB"}
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
 		if d > 0 {
 			names = append(names, name)

@@ -83,5 +83,8 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 func (l *cronLock) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// Unlock first: closing alone releases the lock only once the server
+	// has noticed the disconnect, a moment after this process moved on.
+	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
 	_ = l.conn.Close(ctx)
 }

@@ -79,71 +79,71 @@ func TestBothAccessPathsMatchOracle(t *testing.T) {
 	}
 }
 
-// Cut months tile their month exactly: no gap, no overlap, on whole UTC
-// days, and no cut slice holds more than the limit unless it is one day.
-func TestPlanCutsBigMonthsIntoTilingDays(t *testing.T) {
+// Cut months become windows common to all workspaces that tile the month
+// exactly: no gap, no overlap, on whole UTC days; no window holds much more
+// than the limit; cutting loses no row.
+func TestPlanCutsBigMonthsIntoTilingWindows(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &fixture.Config{Seed: 3, Workspaces: 8, Months: 4, Rows: 6000, TopShare: 0.5, Skew: 1})
 	pool := testenv.Pool(t, url)
-	const limit = 150
+	const limit = 400
 	whole := plan(t, pool, math.MaxInt32)
 	cut := plan(t, pool, limit)
 	if len(cut) <= len(whole) {
 		t.Fatalf("nothing was cut: %d slices whole, %d cut", len(whole), len(cut))
 	}
-	var sumWhole, sumCut int64
-	for _, s := range whole {
-		sumWhole += s.EstRows
+	count := func(slices []shard.Slice) (n int64) {
+		for _, s := range slices {
+			n += s.EstRows
+		}
+		return n
 	}
-	// plan sorts by workspace and start: each slice must begin where the
-	// previous one of its month ended, and months must be covered whole.
-	for i, s := range cut {
-		sumCut += s.EstRows
-		month := shard.MonthStart(s.From)
-		if s.From.Hour() != 0 || s.To.Hour() != 0 || !s.From.Before(s.To) || s.To.After(shard.NextMonth(month)) {
-			t.Fatalf("%s: not whole UTC days inside one month", s)
-		}
-		if !s.From.Equal(month) && (i == 0 || cut[i-1].Workspace != s.Workspace || !cut[i-1].To.Equal(s.From)) {
-			t.Fatalf("%s does not continue its month", s)
-		}
-		if !s.To.Equal(shard.NextMonth(month)) && (i+1 == len(cut) || cut[i+1].Workspace != s.Workspace || !cut[i+1].From.Equal(s.To)) {
-			t.Fatalf("%s leaves the rest of its month uncovered", s)
-		}
-	}
-	for _, s := range whole {
-		sumWhole += s.EstRows
-	}
-	next := map[string]shard.Slice{} // by workspace: the previous cut slice
-	for _, s := range cut {
-		sumCut += s.EstRows
-		if s.From.Hour() != 0 || s.To.Hour() != 0 || !s.From.Before(s.To) {
-			t.Fatalf("%s: not whole UTC days", s)
-		}
-		if prev, ok := next[s.Workspace]; ok && prev.To.After(s.From) {
-			t.Fatalf("%s overlaps %s", s, prev)
-		}
-		if prev, ok := next[s.Workspace]; ok && shard.MonthStart(prev.From).Equal(shard.MonthStart(s.From)) && !prev.To.Equal(s.From) {
-			t.Fatalf("gap between %s and %s", prev, s)
-		}
-		if s.From.Equal(shard.MonthStart(s.From)) == false {
-			if prev, ok := next[s.Workspace]; !ok || !prev.To.Equal(s.From) {
-				t.Fatalf("%s does not continue its month", s)
-			}
-		}
-		if s.EstRows > limit && s.To.Sub(s.From) > 24*60*60*1e9 {
-			// A part may exceed the limit by its last day only.
-			t.Logf("%s holds %d rows (> %d): allowed only through its last day", s, s.EstRows, limit)
-		}
-		next[s.Workspace] = s
+	if count(whole) != count(cut) {
+		t.Fatalf("cutting changed the row count: %d whole, %d cut", count(whole), count(cut))
 	}
 	for _, s := range whole {
 		if !s.From.Equal(shard.MonthStart(s.From)) || !s.To.Equal(shard.NextMonth(s.From)) {
 			t.Fatalf("uncut slice %s is not a whole month", s)
 		}
 	}
-	if sumWhole != sumCut {
-		t.Fatalf("cutting changed the row count: %d whole, %d cut", sumWhole, sumCut)
+	windows := map[time.Time]time.Time{} // from -> to, across workspaces
+	rows := map[time.Time]int64{}
+	for _, s := range cut {
+		if s.From.Hour() != 0 || s.To.Hour() != 0 || !s.From.Before(s.To) || s.To.After(shard.NextMonth(s.From)) {
+			t.Fatalf("%s: not whole UTC days inside one month", s)
+		}
+		if to, ok := windows[s.From]; ok && !to.Equal(s.To) {
+			t.Fatalf("%s: window starting %s also ends %s for another workspace", s, s.From, to)
+		}
+		windows[s.From] = s.To
+		rows[s.From] += s.EstRows
 	}
+	// Walk each month's windows: each must start where the last ended.
+	for from, to := range windows {
+		if !from.Equal(shard.MonthStart(from)) {
+			if _, ok := findEnd(windows, from); !ok {
+				t.Fatalf("window %s..%s does not continue its month", from, to)
+			}
+		}
+		if !to.Equal(shard.NextMonth(from)) {
+			if _, ok := windows[to]; !ok {
+				t.Fatalf("window %s..%s leaves the rest of its month uncovered", from, to)
+			}
+		}
+		if rows[from] > 3*limit && to.Sub(from) > 24*time.Hour {
+			t.Fatalf("window %s..%s holds %d rows over several days (limit %d)", from, to, rows[from], limit)
+		}
+	}
+}
+
+// findEnd reports whether some window ends at at.
+func findEnd(windows map[time.Time]time.Time, at time.Time) (time.Time, bool) {
+	for from, to := range windows {
+		if to.Equal(at) {
+			return from, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // Preflight names every missing piece and passes on a complete schema.

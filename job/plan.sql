@@ -1,15 +1,17 @@
--- The slices of a backfill: every (workspace, UTC month) that holds counted
--- raw rows, plus every pair that still holds rollup rows without raw rows
--- (those buckets are stale and the slice deletes them). A month with more
--- than $2 raw rows is cut into consecutive whole-day ranges of about $2
--- rows each (a single day is never cut), and the ranges of a month always
--- tile it, so every stale bucket falls in some slice. One pass over the raw
--- rows; days and months are cut on UTC timestamps without time zone so the
+-- The slices of a backfill: one per workspace and time window, for every
+-- window in which the workspace holds counted raw rows, or still holds
+-- rollup rows without raw rows (those buckets are stale and the slice
+-- deletes them). Windows are common to all workspaces: a UTC month, or, when
+-- the month holds more than $2 raw rows in all, consecutive whole-day parts
+-- of it of about $2 rows each (a single day is never cut). The windows of a
+-- month tile it, so every stale bucket falls in some slice, and slices of
+-- one window can share one sweep through time. One pass over the raw rows;
+-- days and months are cut on UTC timestamps without time zone so the
 -- session TimeZone cannot move a boundary.
 -- read_from is the oldest creation time of a task with usage in the slice:
 -- the slice statement need not look at older tasks.
 -- $1: lower bound of created_at / bucket_hour ('-infinity' for all history).
--- $2: most raw rows per slice before a month is cut.
+-- $2: most raw rows per window before a month is cut.
 WITH per_day AS (
     SELECT workspace_id, day, sum(n) AS n, min(read_from) AS read_from
     FROM (
@@ -30,23 +32,26 @@ WITH per_day AS (
         GROUP BY 1, 2
     ) raw_and_rollup
     GROUP BY 1, 2
-), parts AS (
+), days AS (
     -- A day joins part k of its month when the rows before it in the month
-    -- number between k*$2 and (k+1)*$2.
-    SELECT workspace_id, date_trunc('month', day) AS month, day, n, read_from,
-           floor((sum(n) OVER (PARTITION BY workspace_id, date_trunc('month', day)
+    -- (all workspaces) number between k*$2 and (k+1)*$2.
+    SELECT day, date_trunc('month', day) AS month,
+           floor((sum(n) OVER (PARTITION BY date_trunc('month', day)
                                ORDER BY day ROWS UNBOUNDED PRECEDING) - n) / $2::bigint)::bigint AS part
-    FROM per_day
-), ranges AS (
-    SELECT workspace_id, month, part, min(day) AS first_day, sum(n)::bigint AS est_rows,
-           min(read_from) AS read_from
-    FROM parts
-    GROUP BY 1, 2, 3
+    FROM (SELECT day, sum(n) AS n FROM per_day GROUP BY day) all_workspaces
+), windows AS (
+    SELECT month, part,
+           CASE WHEN part = 0 THEN month ELSE min(day) END AS window_from,
+           coalesce(lead(min(day)) OVER (PARTITION BY month ORDER BY part), month + interval '1 month') AS window_to
+    FROM days
+    GROUP BY month, part
 )
-SELECT workspace_id,
-       (CASE WHEN part = 0 THEN month ELSE first_day END) AT TIME ZONE 'UTC' AS from_ts,
-       coalesce(lead(first_day) OVER w, month + interval '1 month') AT TIME ZONE 'UTC' AS to_ts,
-       est_rows,
-       read_from
-FROM ranges
-WINDOW w AS (PARTITION BY workspace_id, month ORDER BY part)
+SELECT p.workspace_id,
+       w.window_from AT TIME ZONE 'UTC' AS from_ts,
+       w.window_to AT TIME ZONE 'UTC'   AS to_ts,
+       sum(p.n)::bigint                 AS est_rows,
+       min(p.read_from)                 AS read_from
+FROM per_day p
+JOIN days d ON d.day = p.day
+JOIN windows w ON w.month = d.month AND w.part = d.part
+GROUP BY p.workspace_id, w.window_from, w.window_to

@@ -15,7 +15,7 @@ import (
 // addPlanFlags binds the flags that decide which slices a new run has; run
 // and plan share them.
 func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
-	fs.Int64Var(&cfg.MaxSliceRows, "max-slice-rows", 50_000, "cut a (workspace, month) with more raw rows into shorter whole-day slices")
+	fs.Int64Var(&cfg.MaxSliceRows, "max-slice-rows", 50_000, "cut a month with more raw rows (all workspaces) into whole-day windows of about this many")
 	fs.IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months, the current one included (0 = all history)")
 	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
 	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
@@ -86,8 +86,8 @@ against one database at once: they share the run.`,
 	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst")
 	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
-	fs.Int64Var(&cfg.BatchRows, "batch-rows", 20_000, "tiny slices of one workspace share a transaction up to this many raw rows (each still checkpointed)")
-	fs.IntVar(&cfg.BatchSlices, "batch-slices", 100, "most slices in one batch (1 = no batching)")
+	fs.Int64Var(&cfg.BatchRows, "batch-rows", 50_000, "slices of one window share a transaction up to this many raw rows (each still checkpointed)")
+	fs.IntVar(&cfg.BatchSlices, "batch-slices", 5_000, "most slices in one batch (1 = no batching)")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 5, "tries of a slice on transient errors")
 	fs.DurationVar(&cfg.Lease, "lease", 60*time.Second, "how long a claimed slice stays this process's without renewal")
 	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", 0, "statement_timeout of each slice's transaction (0 = server default)")
