@@ -1,0 +1,274 @@
+// Command shardfill-bench measures shardfill against the serial command it
+// replaces and against a single-statement limit, on a throwaway PostgreSQL,
+// and writes bench/results/<size>.{md,csv}, a throughput chart and
+// bench/RESULTS.md. See package bench.
+//
+//	go run ./bench/cmd/shardfill-bench -size small -bin bin/shardfill
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shardfill/shardfill/bench"
+	"github.com/shardfill/shardfill/internal/pgtest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "shardfill-bench: FAILED:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+type options struct {
+	size         string
+	bin          string
+	modes        []string
+	concurrency  []int
+	out          string
+	resultsDoc   string
+	scenarios    []string
+	serialMonths int
+	extraArgs    []string
+	explain      bool
+	latency      bench.LatencyConfig
+	skew         bench.SkewConfig
+	plan1m       bench.Plan1MConfig
+}
+
+func parse(args []string) (*options, error) {
+	fs := flag.NewFlagSet("shardfill-bench", flag.ContinueOnError)
+	o := &options{latency: bench.DefaultLatency(), skew: bench.DefaultSkew(), plan1m: bench.DefaultPlan1M()}
+	fs.StringVar(&o.size, "size", "small", "data set: small (~100k usage rows), medium (~1M), large (~4M)")
+	fs.StringVar(&o.bin, "bin", "bin/shardfill", "shardfill binary (make build)")
+	modes := fs.String("modes", "serial,limit,shardfill", "modes to measure: serial, limit, shardfill")
+	conc := fs.String("concurrency", "1,2,4,8,16", "shardfill concurrencies")
+	fs.StringVar(&o.out, "out", "bench/results", "directory for <size>.md, <size>.csv, <size>-throughput.png")
+	fs.StringVar(&o.resultsDoc, "results-doc", "bench/RESULTS.md", "summary document rebuilt from the results directory (empty: none)")
+	scen := fs.String("scenarios", "default", "extra scenarios: latency,skew,plan1m, all, none, or default (the size's: medium runs all)")
+	fs.IntVar(&o.serialMonths, "serial-months", -1, "months the serial reference runs on, the rest extrapolated (0 = all; -1 = the size's default)")
+	extra := fs.String("args", "", "extra flags for every `shardfill run`, e.g. \"--batch-rows 5000\"")
+	fs.BoolVar(&o.explain, "explain", true, "write <size>-explain.txt: EXPLAIN ANALYZE of the largest slice's statements")
+	fs.IntVar(&o.latency.Fixture.Workspaces, "latency-workspaces", o.latency.Fixture.Workspaces, "latency scenario: workspaces")
+	fs.IntVar(&o.latency.Fixture.Rows, "latency-rows", o.latency.Fixture.Rows, "latency scenario: usage rows")
+	fs.IntVar(&o.latency.Fixture.Months, "latency-months", o.latency.Fixture.Months, "latency scenario: months")
+	fs.DurationVar(&o.latency.Delay, "latency-delay", o.latency.Delay, "latency scenario: delay added each way")
+	fs.IntVar(&o.skew.Fixture.Rows, "skew-rows", o.skew.Fixture.Rows, "skew scenario: usage rows")
+	fs.IntVar(&o.plan1m.Workspaces, "plan-workspaces", o.plan1m.Workspaces, "plan1m scenario: workspaces (× plan-months = slices)")
+	fs.IntVar(&o.plan1m.Months, "plan-months", o.plan1m.Months, "plan1m scenario: months")
+	if err := fs.Parse(args); err != nil {
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	size, err := bench.SizeByName(o.size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	for _, m := range splitList(*modes) {
+		if !slices.Contains([]string{bench.ModeSerial, bench.ModeLimit, bench.ModeShardfill}, m) {
+			return nil, fmt.Errorf("%w: unknown mode %q", errUsage, m)
+		}
+		o.modes = append(o.modes, m)
+	}
+	for _, c := range splitList(*conc) {
+		n, err := strconv.Atoi(c)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%w: bad concurrency %q", errUsage, c)
+		}
+		o.concurrency = append(o.concurrency, n)
+	}
+	switch *scen {
+	case "default":
+		o.scenarios = size.Scenarios
+	case "all":
+		o.scenarios = bench.AllScenarios
+	case "none", "":
+	default:
+		for _, s := range splitList(*scen) {
+			if !slices.Contains(bench.AllScenarios, s) {
+				return nil, fmt.Errorf("%w: unknown scenario %q", errUsage, s)
+			}
+			o.scenarios = append(o.scenarios, s)
+		}
+	}
+	if o.serialMonths < 0 {
+		o.serialMonths = size.SerialMonths
+	}
+	o.extraArgs = strings.Fields(*extra)
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// command renders how the bench was called, for the report.
+func command(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \"'$") {
+			a = strconv.Quote(a)
+		}
+		q[i] = a
+	}
+	return strings.TrimSpace("go run ./bench/cmd/shardfill-bench " + strings.Join(q, " "))
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parse(args)
+	if err != nil {
+		return err
+	}
+	size, _ := bench.SizeByName(o.size)
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("%w: shardfill binary %s not found (run `make build` first)", errUsage, o.bin)
+	}
+	started := time.Now()
+	h := &bench.Harness{
+		Bin:       bin,
+		ExtraArgs: o.extraArgs,
+		LogDir:    filepath.Join(o.out, "tmp", o.size),
+		Log:       os.Stderr,
+	}
+
+	srv, err := pgtest.Start(ctx)
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	if err := bench.Tune(ctx, srv); err != nil {
+		return err
+	}
+
+	cfg := size.Fixture.WithDefaults()
+	fmt.Fprintf(os.Stderr, "%s  %s: generating %d workspaces × %d months, ~%d rows (seed %d, skew %.1f)\n",
+		time.Now().Format("15:04:05"), o.size, cfg.Workspaces, cfg.Months, cfg.Rows, cfg.Seed, cfg.Skew)
+	db, err := bench.GenerateDB(ctx, srv, "bench_"+o.size, cfg)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	st := db.Stats
+	rep := &bench.Report{
+		Size:    o.size,
+		Command: command(args),
+		Started: started,
+		Machine: bench.DescribeMachine(ctx, db),
+		DataSet: fmt.Sprintf("fixture seed %d: %d workspaces (long tail, skew %.1f), %d agents, %d tasks, **%d task_usage rows** over %d UTC months (%s → %s), generated in %s.",
+			cfg.Seed, st.Workspaces, cfg.Skew, st.Agents, st.Tasks, st.Usage, cfg.Months,
+			st.MinCreated.Format("2006-01-02"), st.MaxCreated.Format("2006-01-02"), db.GenerateTime.Round(time.Millisecond)),
+	}
+
+	var lastRun int64
+	for _, mode := range o.modes {
+		switch mode {
+		case bench.ModeLimit:
+			res, err := h.Limit(ctx, db)
+			if err != nil {
+				return err
+			}
+			rep.Results = append(rep.Results, res)
+		case bench.ModeSerial:
+			res, err := h.Serial(ctx, db, o.serialMonths)
+			if err != nil {
+				return err
+			}
+			rep.Results = append(rep.Results, res)
+		case bench.ModeShardfill:
+			for _, c := range o.concurrency {
+				res, err := h.Shardfill(ctx, db, c)
+				if err != nil {
+					return err
+				}
+				lastRun = res.RunID
+				rep.Results = append(rep.Results, res)
+			}
+		}
+	}
+	if o.explain && lastRun > 0 {
+		text, err := h.Explain(ctx, db, lastRun)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(o.out, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(o.out, o.size+"-explain.txt"), []byte(text), 0o644); err != nil {
+			return err
+		}
+		rep.Notes = append(rep.Notes, fmt.Sprintf("EXPLAIN ANALYZE of the largest slice's statements: [%s-explain.txt](%s-explain.txt).", o.size, o.size))
+	}
+
+	for _, s := range o.scenarios {
+		switch s {
+		case bench.ScenarioLatency:
+			res, err := h.Latency(ctx, srv, o.latency)
+			if err != nil {
+				return err
+			}
+			rep.Scenarios = append(rep.Scenarios, res...)
+		case bench.ScenarioSkew:
+			res, err := h.Skew(ctx, srv, o.skew)
+			if err != nil {
+				return err
+			}
+			rep.Scenarios = append(rep.Scenarios, res)
+		case bench.ScenarioPlan1M:
+			res, err := h.Plan1M(ctx, srv, o.plan1m)
+			if err != nil {
+				return err
+			}
+			rep.Scenarios = append(rep.Scenarios, res)
+		}
+	}
+
+	if o.size == "large" {
+		rep.MediumC4 = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeShardfill, 4)
+	}
+	rep.Notes = append(rep.Notes, "Slice times are claim → commit of the slice's batch (slices claimed together share their batch's time).",
+		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+bench.SharedBuffers+" (the rollup and its indexes outgrow the test default).")
+	rep.Notes = append(rep.Notes, "Peak RSS is the shardfill process's VmHWM, sampled every 10 ms from /proc. "+
+		"wait4's ru_maxrss (CSV column rusage_maxrss_kib) is not used: Go starts children with vfork semantics and exec "+
+		"records the peak of the replaced address space, i.e. the bench process's own RSS, so it reports at least the bench's size.")
+	if len(o.extraArgs) > 0 {
+		rep.Notes = append(rep.Notes, "Extra shardfill flags: `"+strings.Join(o.extraArgs, " ")+"`.")
+	}
+	rep.Total = time.Since(started)
+	if err := rep.Write(o.out, o.resultsDoc); err != nil {
+		return err
+	}
+	fmt.Print(rep.Markdown())
+	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(o.out, o.size+".md"))
+	return nil
+}
