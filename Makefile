@@ -22,7 +22,7 @@ demo: build ## backfill a synthetic history on a throwaway PostgreSQL, with live
 	$(BIN) demo
 
 bench: build ## benchmarks: Go benchmarks and the bench/ report (SIZE=small|medium|large)
-	$(GO) test -run '^$$' -bench . -benchmem ./shard/ ./checkpoint/ ./engine/
+	$(GO) test -run '^$$' -bench . -benchmem ./shard/ ./engine/
 	$(GO) run ./bench/cmd/shardfill-bench -size $(SIZE) -bin $(BIN)
 
 lint: ## gofmt and go vet

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -590,4 +591,33 @@ func TestWaitsWhileCronLockHeldExclusively(t *testing.T) {
 		t.Fatal("run did not proceed after the lock was released")
 	}
 	testenv.RequireOracle(t, pool)
+}
+
+// BenchmarkRun backfills a 20 000-row history from scratch per iteration
+// (a new run over the previous one's rollup), at the pool sizes operators
+// pick from; rows/s is reported next to the time.
+func BenchmarkRun(b *testing.B) {
+	gen := fixture.Config{Seed: 21, Workspaces: 300, Months: 12, Rows: 20_000, Skew: 1.1}
+	for _, conc := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("concurrency=%d", conc), func(b *testing.B) {
+			url := testenv.DB(b, &gen)
+			pool := testenv.Pool(b, url)
+			var rows int64
+			if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM task_usage`).Scan(&rows); err != nil {
+				b.Fatal(err)
+			}
+			cfg := engine.Config{Concurrency: conc, NewRun: true, Logger: quiet}
+			e, err := engine.New(pool, "shardfill", job.Hourly{}, &cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				if _, err := e.Run(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -80,5 +81,24 @@ func TestPeriod(t *testing.T) {
 	}
 	if got := Period(month(2026, 2), month(2026, 2).Add(72*time.Hour)); got != "2026-02-01T00:00:00Z..2026-02-04T00:00:00Z" {
 		t.Fatalf("Period(days) = %q", got)
+	}
+}
+
+// BenchmarkSpans merges a month batch of 5 000 slices (the default batch
+// cap) into per-workspace spans, which happens once per claimed batch.
+func BenchmarkSpans(b *testing.B) {
+	slices := make([]Slice, 5000)
+	for i := range slices {
+		slices[i] = Slice{Workspace: fmt.Sprintf("ws-%04d", i), From: month(2026, 3), To: month(2026, 4), EstRows: 10}
+	}
+	batch, err := NewBatch(slices)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if len(batch.Spans()) != len(slices) {
+			b.Fatal("spans lost")
+		}
 	}
 }
