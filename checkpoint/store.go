@@ -203,6 +203,12 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
 	}
+	// The slice table just grew by a whole run: without fresh statistics
+	// the planner takes the run for a handful of rows and picks plans
+	// that are quadratic in its size.
+	if _, err := tx.Exec(ctx, s.q(`ANALYZE _SCHEMA_.slice`)); err != nil {
+		return nil, err
+	}
 	_, err = tx.Exec(ctx, s.q(`
 		UPDATE _SCHEMA_.run r SET slices_total = c.n, rows_total = c.rows
 		FROM (SELECT count(*) AS n, coalesce(sum(est_rows), 0) AS rows FROM _SCHEMA_.slice WHERE run_id = $1) c
@@ -255,11 +261,15 @@ func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLim
 	return &b, s.estimateRange(ctx, runID, &b)
 }
 
+// claimSet marks the picked slices claimed. The picked ids are gathered
+// into an array first, so the update is always primary-key lookups: joined
+// to the pick, the planner can misjudge its size and rescan it per slice
+// of the run.
 const claimSet = `
 	UPDATE _SCHEMA_.slice s
 	SET state = 'running', owner = $2, owner_pid = $3, attempts = s.attempts + 1,
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
-	FROM pick WHERE s.run_id = $1 AND s.id = pick.id
+	WHERE s.run_id = $1 AND s.id = ANY (ARRAY (SELECT id FROM pick))
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
 	          s.read_from,
 	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
