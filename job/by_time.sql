@@ -1,7 +1,9 @@
 -- The batch's rollup rows read through time: the usage rows created in
--- [$4, $5) (the span of the batch's ranges) by the created_at index, each
--- row's task and agent by primary key, kept when it falls in one of the
--- batch's (workspace $1[i], [$2[i], $3[i])) ranges. Costs what every
+-- [$2, $3) (the span of the batch's ranges) by the created_at index, each
+-- row's task and agent by primary key, kept when its workspace is one of
+-- the batch's ($1) and, where the ranges differ from the span, when it
+-- falls in one of the batch's (workspace $1[i], [$4[i], $5[i])) ranges (the
+-- marker below). Costs what every
 -- workspace wrote in the span: cheaper than the workspace path for a short
 -- slice of a big workspace, or for many workspaces' slices of one month.
 -- The span is read once, into a materialized CTE: left to itself the
@@ -21,14 +23,13 @@ WITH span AS MATERIALIZED (
           AND a.workspace_id = ANY ($1::uuid[])
         OFFSET 0
     ) t
-    WHERE u.created_at >= $4
-      AND u.created_at < $5
+    WHERE u.created_at >= $2
+      AND u.created_at < $3
 )
 SELECT task_usage_hour_bucket(u.created_at) AS bucket_hour,
        u.workspace_id, u.runtime_id, u.agent_id, i.project_id, u.provider, u.model,
        /*measures*/
 FROM span u
-JOIN unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS r(workspace_id, from_ts, to_ts)
-  ON r.workspace_id = u.workspace_id AND u.created_at >= r.from_ts AND u.created_at < r.to_ts
+/*ranges*/
 LEFT JOIN issue i ON i.id = u.issue_id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
