@@ -112,7 +112,18 @@ func TestRunStatusVerify(t *testing.T) {
 	if out := step(1, "verify"); !strings.Contains(out, "mismatch: workspace") {
 		t.Fatalf("verify did not list the damage:\n%s", out)
 	}
-	step(0, "verify", "--repair")
+	var repaired struct {
+		Mismatches []map[string]any `json:"mismatches"`
+		Repaired   int              `json:"repaired"`
+		Remaining  int              `json:"remaining_after_repair"`
+	}
+	lines := strings.Split(strings.TrimSpace(step(0, "verify", "--repair", "--json")), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &repaired); err != nil { // logs go first
+		t.Fatal(err)
+	}
+	if len(repaired.Mismatches) == 0 || repaired.Repaired != len(repaired.Mismatches) || repaired.Remaining != 0 {
+		t.Fatalf("verify --repair: %+v", repaired)
+	}
 	step(0, "verify")
 	testenv.RequireOracle(t, pool)
 	// A wrong password must not be echoed either.

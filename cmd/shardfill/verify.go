@@ -48,7 +48,8 @@ mismatch (after repair, if asked).`,
 					Months     int   `json:"months_checked"`
 					Mismatches []row `json:"mismatches"`
 					Repaired   int   `json:"repaired"`
-				}{Months: res.Months, Mismatches: []row{}, Repaired: res.Repaired}
+					Remaining  int   `json:"remaining_after_repair"`
+				}{Months: res.Months, Mismatches: []row{}, Repaired: res.Repaired, Remaining: len(res.Remaining)}
 				for _, m := range res.Mismatches {
 					out.Mismatches = append(out.Mismatches, row{m.Workspace, m.Month.UTC().Format("2006-01"), m.Rows})
 				}
@@ -67,6 +68,9 @@ mismatch (after repair, if asked).`,
 			}
 			if len(res.Mismatches) > 0 && !repair {
 				return errMismatch{len(res.Mismatches)}
+			}
+			if len(res.Remaining) > 0 {
+				return fmt.Errorf("%d (workspace, month) pairs still differ after the repair", len(res.Remaining))
 			}
 			return nil
 		},
