@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgtest"
@@ -41,6 +42,30 @@ func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 	return got
 }
 
+// apply replaces the buckets of one batch of slices, forcing the time path
+// or the workspace path through the estimates the job chooses by.
+func apply(t *testing.T, pool *pgxpool.Pool, slices []shard.Slice, timePath bool) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := shard.NewBatch(slices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.WorkspaceRows, b.RangeRows = 1, 0
+	if timePath {
+		b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var batch pgx.Batch
+		var written int64
+		job.Hourly{}.Queue(&batch, b, &written)
+		return tx.SendBatch(ctx, &batch).Close()
+	})
+	if err != nil {
+		t.Fatalf("%s (time path %v): %v", b, timePath, err)
+	}
+}
+
 // Both access paths write exactly the oracle's rows: every slice is
 // applied once through the workspace path and once through the time path
 // (the second replaces the first), then the rollup is compared.
@@ -52,25 +77,7 @@ func TestBothAccessPathsMatchOracle(t *testing.T) {
 	slices := plan(t, pool, 200)
 	for _, path := range []string{"workspace", "time"} {
 		for _, s := range slices {
-			b, err := shard.NewBatch([]shard.Slice{s})
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The job reads the time path when the range is much smaller
-			// than the workspace; these estimates force one or the other.
-			b.WorkspaceRows, b.RangeRows = s.EstRows, 0
-			if path == "time" {
-				b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
-			}
-			err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-				var batch pgx.Batch
-				var written int64
-				job.Hourly{}.Queue(&batch, b, &written)
-				return tx.SendBatch(ctx, &batch).Close()
-			})
-			if err != nil {
-				t.Fatalf("%s path, %s: %v", path, s, err)
-			}
+			apply(t, pool, []shard.Slice{s}, path == "time")
 		}
 		testenv.RequireOracle(t, pool)
 		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET input_tokens = input_tokens + 1`); err != nil {
@@ -179,35 +186,16 @@ func TestMultiSliceBatchesMatchOracle(t *testing.T) {
 		byMonth[m] = append(byMonth[m], s)
 		byWorkspace[s.Workspace] = append(byWorkspace[s.Workspace], s)
 	}
-	apply := func(group []shard.Slice, timePath bool) {
-		b, err := shard.NewBatch(group)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.WorkspaceRows, b.RangeRows = 1, 0
-		if timePath {
-			b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
-		}
-		err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			var batch pgx.Batch
-			var written int64
-			job.Hourly{}.Queue(&batch, b, &written)
-			return tx.SendBatch(ctx, &batch).Close()
-		})
-		if err != nil {
-			t.Fatalf("%s (time path %v): %v", b, timePath, err)
-		}
-	}
 	for _, timePath := range []bool{true, false} {
 		for _, group := range byMonth {
-			apply(group, timePath)
+			apply(t, pool, group, timePath)
 		}
 		testenv.RequireOracle(t, pool)
 		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET event_count = event_count + 1`); err != nil {
 			t.Fatal(err)
 		}
 		for _, group := range byWorkspace {
-			apply(group, timePath)
+			apply(t, pool, group, timePath)
 		}
 		testenv.RequireOracle(t, pool)
 	}
