@@ -33,8 +33,8 @@ const (
 // their own, so they never collide with the cron job's single key 4246.
 const lockClass = 4246
 
-// ErrLostClaim is returned by Complete when the slice is no longer this
-// worker's claim: its lease expired and another worker took it over.
+// ErrLostClaim fails a batch (through QueueFence) when a slice is no longer
+// this worker's claim: its lease expired and another worker took it over.
 var ErrLostClaim = errors.New("claim lost: the slice was taken over by another worker")
 
 // Store reads and writes the checkpoint tables of one schema.
@@ -148,8 +148,8 @@ func (s *Store) Start(ctx context.Context, spec PlanSpec) (run *Run, planned boo
 		}
 		if latest != nil && !spec.NewRun {
 			run = latest
-			if latest.Finished() {
-				return nil
+			if latest.Finished() || latest.LogicVersion != spec.LogicVersion {
+				return nil // done, or not ours to resume: the caller says which
 			}
 			return s.reopen(ctx, tx, latest)
 		}
@@ -306,7 +306,7 @@ const claimAbandonedSQL = `
 			SELECT 1 FROM pg_locks l
 			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
 			  AND l.granted AND l.pid = _SCHEMA_.slice.owner_pid))
-		ORDER BY id LIMIT 1
+		ORDER BY lease_until LIMIT 1
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
 
@@ -356,7 +356,8 @@ func (s *Store) estimateRange(ctx context.Context, runID int64, b *shard.Batch) 
 		SELECT coalesce(sum(est_rows * extract(epoch FROM least(to_ts, $3) - greatest(from_ts, $2))
 		                              / extract(epoch FROM to_ts - from_ts)), 0)::bigint
 		FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND from_ts < $3 AND to_ts > $2`), runID, from, to).Scan(&b.RangeRows)
+		WHERE run_id = $1 AND from_ts < $3 AND to_ts > $2
+		  AND from_ts > $2 - interval '32 days' -- no slice is longer than a month: keeps it an index range`), runID, from, to).Scan(&b.RangeRows)
 }
 
 // ErrNotProtected is returned by Fence when the owner's lock connection no
@@ -430,11 +431,29 @@ func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, cause er
 
 // Release hands owner's unfinished claims back as pending, so a graceful stop
 // leaves nothing for others to wait out.
-func (s *Store) Release(ctx context.Context, runID int64, owner string) error {
-	_, err := s.db.Exec(ctx, s.q(`
+func (s *Store) Release(ctx context.Context, runID int64, owner string) (int64, error) {
+	tag, err := s.db.Exec(ctx, s.q(`
 		UPDATE _SCHEMA_.slice
 		SET state = 'pending', owner = NULL, owner_pid = NULL, lease_until = NULL
 		WHERE run_id = $1 AND owner = $2 AND state = 'running'`), runID, owner)
+	return tag.RowsAffected(), err
+}
+
+// ReleaseBatch hands back the slices of w that are still this claim's
+// (owner and attempt unchanged) after part of the batch was taken over:
+// without it they would stay claimed by a live process that has dropped
+// them, and be renewed forever.
+func (s *Store) ReleaseBatch(ctx context.Context, w shard.Batch, owner string) error {
+	ids, attempts := make([]int64, len(w.Slices)), make([]int32, len(w.Slices))
+	for i, sl := range w.Slices {
+		ids[i], attempts[i] = sl.ID, int32(sl.Attempt)
+	}
+	_, err := s.db.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice
+		SET state = 'pending', owner = NULL, owner_pid = NULL, lease_until = NULL
+		WHERE run_id = $1 AND owner = $2 AND state = 'running'
+		  AND (id, attempts) IN (SELECT * FROM unnest($3::bigint[], $4::integer[]))`),
+		w.Slices[0].RunID, owner, ids, attempts)
 	return err
 }
 

@@ -152,12 +152,24 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 
 	workErr := e.work(ctx, lock, run.ID, res)
+	for workErr == nil {
+		// Every worker is done. Anything still claimed by this process was
+		// stranded (its batch was partly taken over mid-way): hand it back
+		// and work again, so the run cannot end unfinished.
+		stranded, err := e.store.Release(ctx, run.ID, e.cfg.Owner)
+		if err != nil || stranded == 0 {
+			workErr = err
+			break
+		}
+		log.Warn("slices left claimed by this process were handed back; working on", "slices", stranded)
+		workErr = e.work(ctx, lock, run.ID, res)
+	}
 	if workErr != nil {
 		// Hand back what we held, with a context of its own: ctx may be the
 		// cancelled one.
 		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := e.store.Release(cleanup, run.ID, e.cfg.Owner); err != nil {
+		if _, err := e.store.Release(cleanup, run.ID, e.cfg.Owner); err != nil {
 			log.Warn("could not release claims; they are reclaimed once this process's lock is gone", "err", err)
 		}
 		state := checkpoint.StateInterrupted
@@ -277,7 +289,8 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Res
 		return nil
 	})
 	err := g.Wait()
-	res.Executed, res.RowsWritten = w.executed.Load(), w.rows.Load()
+	res.Executed += w.executed.Load()
+	res.RowsWritten += w.rows.Load()
 	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
 		return cause
 	}
@@ -385,6 +398,9 @@ func (w *workers) batch(ctx context.Context, b shard.Batch) error {
 			return ctx.Err()
 		case errors.Is(err, checkpoint.ErrLostClaim):
 			cfg.Logger.Warn("claim taken over by another worker; dropping it", "batch", b.String())
+			if err := w.e.store.ReleaseBatch(ctx, b, cfg.Owner); err != nil {
+				return fmt.Errorf("hand back the rest of %s: %w", b, err)
+			}
 			for _, sl := range b.Slices {
 				w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
 			}

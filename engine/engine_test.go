@@ -621,3 +621,78 @@ func BenchmarkRun(b *testing.B) {
 		})
 	}
 }
+
+// stallJob blocks in Queue for the first batch of several slices until
+// released, so a test can take part of that batch over meanwhile.
+type stallJob struct {
+	job.Hourly
+	once     *sync.Once
+	stalled  chan shard.Batch
+	released chan struct{}
+}
+
+func (s stallJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+	if len(w.Slices) > 1 {
+		first := false
+		s.once.Do(func() { first = true })
+		if first {
+			s.stalled <- w
+			<-s.released
+		}
+	}
+	s.Hourly.Queue(b, w, written)
+}
+
+// A worker whose batch was partly taken over (its lease ran out while it
+// stalled) drops the lost slice, hands the rest back, and the run still
+// ends done, stamped and equal to the oracle.
+func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	j := stallJob{once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
+	var lost atomic.Int64
+	e := newEngine(t, url, j, engine.Config{Concurrency: 2, Lease: time.Hour, BatchRows: 400, OnEvent: func(ev engine.Event) {
+		if ev.Kind == engine.SliceLost {
+			lost.Add(1)
+		}
+	}})
+	type outcome struct {
+		res *engine.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := e.Run(context.Background())
+		done <- outcome{res, err}
+	}()
+	var batch shard.Batch
+	select {
+	case batch = <-j.stalled:
+	case o := <-done:
+		t.Fatalf("run ended without a multi-slice batch: %v", o.err)
+	}
+	victim := batch.Slices[0].ID
+	mustExec(t, pool, fmt.Sprintf(`UPDATE shardfill.slice SET lease_until = now() - interval '1 second' WHERE id = %d AND run_id = %d`, victim, batch.Slices[0].RunID))
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		var state string
+		if err := pool.QueryRow(context.Background(), `SELECT state FROM shardfill.slice WHERE id = $1 AND run_id = $2`, victim, batch.Slices[0].RunID).Scan(&state); err != nil {
+			t.Fatal(err)
+		}
+		if state == "done" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other worker never took the expired slice over")
+		}
+	}
+	close(j.released)
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if !o.res.Outcome.Stamped || lost.Load() == 0 {
+		t.Fatalf("stamped %v, lost events %d: want a stamped run after a lost batch", o.res.Outcome.Stamped, lost.Load())
+	}
+	testenv.RequireOracle(t, pool)
+}

@@ -69,7 +69,10 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 			return
 		case <-tick.C:
 		}
-		pctx, done := context.WithTimeout(ctx, 5*time.Second)
+		// The ping has a context of its own: pgx closes a connection whose
+		// context is cancelled mid-query, and this one carries the lock the
+		// watermark stamp still needs when the workers finish.
+		pctx, done := context.WithTimeout(context.Background(), 5*time.Second)
 		err := l.conn.Ping(pctx)
 		done()
 		if err != nil && ctx.Err() == nil {

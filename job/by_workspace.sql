@@ -12,7 +12,7 @@ JOIN agent_task_queue t ON t.agent_id = a.id
 JOIN task_usage u ON u.task_id = t.id
 LEFT JOIN issue i ON i.id = t.issue_id
 WHERE t.runtime_id IS NOT NULL
-  AND t.created_at >= $4
+  AND (t.created_at >= $4 OR t.created_at IS NULL)
   AND u.created_at >= r.from_ts
   AND u.created_at < r.to_ts
 GROUP BY 1, 2, 3, 4, 5, 6, 7

@@ -2,7 +2,7 @@
 -- as spec/target-schema.md defines them: token sums; cost sums the non-NULL
 -- costs (0 when none); uncosted_* sum the tokens of rows without cost (0,
 -- never NULL, when there are none); task_count distinct tasks; event_count
--- rows. Both access paths (aggregate.sql, by_time.sql) select these.
+-- rows. Both access paths (by_workspace.sql, by_time.sql) and verify.sql select these.
        sum(u.input_tokens)::bigint       AS input_tokens,
        sum(u.output_tokens)::bigint      AS output_tokens,
        sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,

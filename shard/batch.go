@@ -14,9 +14,9 @@ type Span struct {
 
 // Batch is several slices run as one transaction and one statement: tiny
 // slices share the fixed costs (round trips, statement start, commit) while
-// each keeps its own checkpoint row. A batch holds either consecutive
-// slices of one workspace or slices of many workspaces within one month.
-// The estimates let the job pick the cheaper access path.
+// each keeps its own checkpoint row. Claims fill a batch with slices of one
+// time window; any set of slices is a valid batch. The estimates let the
+// job pick the cheaper access path.
 type Batch struct {
 	Slices []Slice // sorted by workspace, then start
 	// Rows is the raw rows of the batch's slices, estimated at planning.

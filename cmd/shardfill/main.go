@@ -52,7 +52,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, engine.ErrInterrupted):
+	case errors.Is(err, engine.ErrInterrupted), errors.Is(err, context.Canceled):
 		return 130
 	case errors.As(err, &cfgErr), errors.As(err, &usage):
 		return 2
