@@ -47,7 +47,6 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
     -- reclaimed before the lease runs out.
     owner_pid    integer,
     lease_until  timestamptz,
-    rows_written bigint,
     started_at   timestamptz,
     finished_at  timestamptz,
     error        text,

@@ -33,6 +33,13 @@ const (
 // their own, so they never collide with the cron job's single key 4246.
 const lockClass = 4246
 
+// cronLockHeld is the SQL test that backend pid %s holds the cron job's
+// advisory lock 4246 (a single bigint key: classid 0, objid 4246, objsubid
+// 1 in pg_locks). An owner whose lock connection fails it is gone.
+const cronLockHeld = `EXISTS (SELECT 1 FROM pg_locks l
+	WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
+	  AND l.granted AND l.pid = %s)`
+
 // ErrLostClaim fails a batch (through QueueFence) when a slice is no longer
 // this worker's claim: its lease expired and another worker took it over.
 var ErrLostClaim = errors.New("claim lost: the slice was taken over by another worker")
@@ -299,13 +306,14 @@ const claimPendingSQL = `
 		WHERE f.est_rows + m.running <= $5
 	)` + claimSet
 
-const claimAbandonedSQL = `
+// claimAbandonedSQL takes over one slice whose lease ran out or whose
+// owner's lock connection is gone, oldest lease first (which also keeps it
+// on the running-slice index).
+var claimAbandonedSQL = `
 	WITH pick AS (
 		SELECT id FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND state = 'running' AND (lease_until < now() OR NOT EXISTS (
-			SELECT 1 FROM pg_locks l
-			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
-			  AND l.granted AND l.pid = _SCHEMA_.slice.owner_pid))
+		WHERE run_id = $1 AND state = 'running'
+		  AND (lease_until < now() OR NOT ` + fmt.Sprintf(cronLockHeld, "_SCHEMA_.slice.owner_pid") + `)
 		ORDER BY lease_until LIMIT 1
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
@@ -364,6 +372,12 @@ func (s *Store) estimateRange(ctx context.Context, runID int64, b *shard.Batch) 
 // longer holds the cron lock: committing now could race the cron job.
 var ErrNotProtected = errors.New("the cron lock (4246) is no longer held by this process")
 
+// ErrLockContended is returned by QueueFence when the slice transaction
+// cannot take the cron lock in shared mode although this process holds it:
+// another session is queued for it exclusively (a cron tick, or the serial
+// command started by mistake). It is transient: the queue drains.
+var ErrLockContended = errors.New("a session is waiting for the cron lock (4246) exclusively")
+
 // QueueFence appends to b (a batch inside the slice transaction) the check
 // that every slice of w is still c's claim and that c's lock connection
 // still holds the cron lock. The rows stay locked until commit, so no other
@@ -391,15 +405,16 @@ func (s *Store) QueueFence(b *pgx.Batch, w shard.Batch, c Claim) {
 	// The transaction also takes the cron lock in shared mode itself: if
 	// the lock connection dies while this transaction writes, the cron job
 	// still cannot start until it has committed or rolled back.
-	b.Queue(`SELECT pg_try_advisory_xact_lock_shared(4246) AND EXISTS (SELECT 1 FROM pg_locks l
-		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
-		  AND l.granted AND l.pid = $1)`, c.PID).QueryRow(func(row pgx.Row) error {
-		var held bool
-		if err := row.Scan(&held); err != nil {
+	b.Queue(`SELECT `+fmt.Sprintf(cronLockHeld, "$1")+`, pg_try_advisory_xact_lock_shared(4246)`, c.PID).QueryRow(func(row pgx.Row) error {
+		var held, shared bool
+		if err := row.Scan(&held, &shared); err != nil {
 			return err
 		}
 		if !held {
 			return ErrNotProtected
+		}
+		if !shared {
+			return ErrLockContended
 		}
 		return nil
 	})
@@ -575,9 +590,8 @@ func (s *Store) SetState(ctx context.Context, runID int64, state string) error {
 func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bool, error) {
 	var active bool
 	err := s.db.QueryRow(ctx, s.q(`
-		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s JOIN pg_locks l
-		         ON l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
-		        AND l.granted AND l.pid = s.owner_pid
-		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2)`), runID, owner).Scan(&active)
+		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s
+		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2
+		         AND ` + fmt.Sprintf(cronLockHeld, "s.owner_pid") + `)`), runID, owner).Scan(&active)
 	return active, err
 }

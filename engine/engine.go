@@ -140,6 +140,10 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"watermark_target", run.WatermarkTarget.UTC().Format(time.RFC3339))
 	} else {
 		log.Info("resuming run", "run", run.ID, "done", res.Start.Done, "of", res.Start.Total)
+		if !sameBound(run.RangeFrom, rangeFrom) {
+			log.Warn("resuming keeps the range the run was planned with; --months-back applies to a new run (--new-run)",
+				"run", run.ID, "planned_from", run.RangeFrom, "asked_from", rangeFrom)
+		}
 	}
 	if e.cfg.OnEvent != nil {
 		e.cfg.OnEvent(Event{Kind: RunStarted, Run: run, Counts: res.Start})
@@ -173,7 +177,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			log.Warn("could not release claims; they are reclaimed once this process's lock is gone", "err", err)
 		}
 		state := checkpoint.StateInterrupted
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !errors.Is(workErr, ErrLockLost) {
 			state = checkpoint.StateFailed
 		}
 		if others, err := e.store.OthersActive(cleanup, run.ID, e.cfg.Owner); err == nil && !others {
@@ -198,6 +202,14 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
 	return res, nil
+}
+
+// sameBound reports whether two optional range bounds are equal.
+func sameBound(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
 }
 
 // interrupted maps any error caused by the cancellation of ctx to

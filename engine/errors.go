@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/shardfill/shardfill/checkpoint"
 )
 
 // ErrInterrupted is returned when the context was cancelled (SIGINT or
@@ -40,6 +42,9 @@ func (e *FailedError) Error() string {
 func retryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
+	}
+	if errors.Is(err, checkpoint.ErrLockContended) {
+		return true
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

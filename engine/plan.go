@@ -39,19 +39,17 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 		return nil, err
 	}
 	lower := checkpoint.LowerBound(from)
-	err = e.db.QueryRow(ctx, `SELECT count(*), coalesce(sum(est_rows), 0)::bigint FROM (`+e.job.PlanSQL()+`) src`,
-		lower, e.cfg.MaxSliceRows).Scan(&p.Slices, &p.Rows)
-	if err != nil {
-		return nil, fmt.Errorf("plan: %w", err)
-	}
-	rows, err := e.db.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows FROM (`+e.job.PlanSQL()+`) src
+	// One pass: the totals ride along on the largest slices as window
+	// aggregates (computed before the LIMIT).
+	rows, err := e.db.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows,
+		count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+e.job.PlanSQL()+`) src
 		ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $3`, lower, e.cfg.MaxSliceRows, largest)
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var s shard.Slice
-		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows)
+		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &p.Slices, &p.Rows)
 		return s, err
 	})
 	if err != nil {

@@ -89,8 +89,8 @@ func (Hourly) Version() string {
 }
 
 // PlanSQL returns the query that lists the slices: columns workspace_id,
-// from_ts, to_ts, est_rows; $1 is the lower time bound, $2 the most raw rows
-// per slice before a month is cut into shorter ranges.
+// from_ts, to_ts, est_rows, read_from; $1 is the lower time bound, $2 the
+// most raw rows per window before a month is cut into shorter windows.
 func (Hourly) PlanSQL() string { return planSQL }
 
 // timePathCost is how much dearer a row is on the time path (one primary

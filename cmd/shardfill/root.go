@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -91,11 +90,10 @@ func (g *globals) resolveURL() string {
 	if u := os.Getenv("DATABASE_URL"); u != "" {
 		return u
 	}
-	for _, kv := range os.Environ() {
-		for _, name := range []string{"PGHOST=", "PGPORT=", "PGDATABASE=", "PGUSER=", "PGSERVICE="} {
-			if strings.HasPrefix(kv, name) {
-				return ""
-			}
+	for _, name := range []string{"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE",
+		"PGSERVICE", "PGSERVICEFILE", "PGSSLMODE", "PGAPPNAME", "PGCONNECT_TIMEOUT", "PGTARGETSESSIONATTRS"} {
+		if os.Getenv(name) != "" {
+			return ""
 		}
 	}
 	return defaultDatabaseURL
