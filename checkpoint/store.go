@@ -592,6 +592,6 @@ func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bo
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s
 		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2
-		         AND ` + fmt.Sprintf(cronLockHeld, "s.owner_pid") + `)`), runID, owner).Scan(&active)
+		         AND `+fmt.Sprintf(cronLockHeld, "s.owner_pid")+`)`), runID, owner).Scan(&active)
 	return active, err
 }
