@@ -59,6 +59,22 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
 	}
+	if run.State == StateRunning {
+		// A process that was killed could not say so. Every process that
+		// works on a run holds the cron lock in shared mode; if none does,
+		// nobody is working and the run is interrupted.
+		var working bool
+		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
+			WHERE locktype = 'advisory' AND classid = 0 AND objid = 4246 AND objsubid = 1
+			  AND mode = 'ShareLock' AND granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&working)
+		if err != nil {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+		if !working {
+			st.State = StateInterrupted
+		}
+	}
 	var recent int64
 	err = s.db.QueryRow(ctx, s.q(`
 		SELECT coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice

@@ -696,3 +696,26 @@ func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
 	}
 	testenv.RequireOracle(t, pool)
 }
+
+// A run left 'running' by a process that was killed (it could not record
+// anything) is reported as interrupted: nobody holds the cron lock for it.
+func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	res := run(t, newEngine(t, url, nil, engine.Config{}))
+	mustExec(t, pool, `UPDATE shardfill.run SET state = 'running'`) // as a kill -9 mid-run leaves it
+	store := checkpoint.New(pool, "shardfill")
+	st, err := store.Status(context.Background(), mustRun(t, store, res.Run.ID))
+	if err != nil || st.State != checkpoint.StateInterrupted {
+		t.Fatalf("status state %q (%v), want interrupted", st.State, err)
+	}
+	// While a process holds the lock for it, it is running.
+	holder := testenv.Conn(t, url)
+	if _, err := holder.Exec(context.Background(), `SELECT pg_advisory_lock_shared(4246)`); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = store.Status(context.Background(), mustRun(t, store, res.Run.ID)); err != nil || st.State != checkpoint.StateRunning {
+		t.Fatalf("status state %q (%v) with a worker holding the lock, want running", st.State, err)
+	}
+}

@@ -48,7 +48,7 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, log *slog.Logger) (*cron
 		                                  left(a.query, 60)), '; '), 'unknown')
 		FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = $1 AND l.objsubid = 1
-		  AND l.granted AND l.mode = 'ExclusiveLock'`, job.CronLockKey).Scan(&holder)
+		  AND l.granted AND l.mode = 'ExclusiveLock' AND a.datname = current_database()`, job.CronLockKey).Scan(&holder)
 	log.Warn("waiting for the cron lock: another session holds it exclusively (the cron tick, or the serial backfill command?)",
 		"lock", job.CronLockKey, "holder", holder)
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, int64(job.CronLockKey)); err != nil {
