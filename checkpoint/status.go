@@ -21,8 +21,12 @@ type FailedSlice struct {
 // Status is a run as operators see it; the JSON names are part of the CLI
 // contract (status --json).
 type Status struct {
-	RunID           int64         `json:"run_id"`
+	RunID int64 `json:"run_id"`
+	// State is one of the contract's planned|running|done|failed|
+	// interrupted; a run replaced by --new-run reads interrupted, with
+	// Superseded set.
 	State           string        `json:"state"`
+	Superseded      bool          `json:"superseded"`
 	PlannedAt       time.Time     `json:"planned_at"`
 	StartedAt       *time.Time    `json:"started_at"`
 	FinishedAt      *time.Time    `json:"finished_at"`
@@ -58,6 +62,9 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	}
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
+	}
+	if run.State == StateSuperseded {
+		st.State, st.Superseded = StateInterrupted, true
 	}
 	if run.State == StateRunning {
 		// A process that was killed could not say so. Every process that
