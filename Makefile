@@ -14,7 +14,7 @@ help: ## list the targets
 build: ## build bin/shardfill
 	$(GO) build -o $(BIN) ./cmd/shardfill
 
-test: ## run every test against a throwaway PostgreSQL (or $$TEST_DATABASE_URL)
+test: ## run every test against a throwaway PostgreSQL (or TEST_DATABASE_URL)
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 45m $(PKGS)
 
