@@ -93,13 +93,7 @@ func TestKill9MidSliceThenResume(t *testing.T) {
 	instrument(t, pool, 300*time.Millisecond)
 	b := newBins(t, url)
 
-	p := b.start(nil, "run", "--no-progress", "--concurrency", "2", "--batch-slices", "1")
-	waitFor(t, time.Minute, "3 slices done and a worker mid-slice", func() bool {
-		if p.exited() {
-			t.Fatalf("exited (%d) before the kill:\n%s", p.code, b.safe(p.out.String()))
-		}
-		return doneCount(t, pool) >= 3 && sleepingWorkers(t, pool) > 0
-	})
+	p := b.startMidSlice(t, pool)
 	p.kill9(t)
 
 	before := doneSnapshot(t, pool)
@@ -116,10 +110,7 @@ func TestKill9MidSliceThenResume(t *testing.T) {
 		t.Errorf("resume took %s: the dead process's claims were waited out instead of taken over", took)
 	}
 	requireNotRedone(t, pool, before)
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }
 
 // 1b. kill -9 right after a slice's commit (on the notification its commit
@@ -180,10 +171,7 @@ func TestKill9JustAfterCommitThenResume(t *testing.T) {
 	if _, ok := before[sliceID]; !ok || !before[sliceID].Equal(finished) {
 		t.Errorf("slice %d missing from the snapshot", sliceID)
 	}
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }
 
 // terminator terminates, every interval, up to n (0 = no limit) worker
@@ -263,10 +251,7 @@ func TestTerminateWorkerConnections(t *testing.T) {
 		if n := qint(t, pool, `SELECT max(attempts) FROM shardfill.slice`); n > maxAttempts {
 			t.Errorf("a slice was claimed %d times, MaxAttempts is %d", n, maxAttempts)
 		}
-		requireEachSliceDoneOnce(t, pool)
-		requireStampedOnce(t, pool)
-		testenv.RequireOracle(t, pool)
-		requireLockFree(t, url)
+		requireFinished(t, pool, url)
 	})
 
 	t.Run("every attempt", func(t *testing.T) {
@@ -320,10 +305,7 @@ func TestTerminateWorkerConnections(t *testing.T) {
 		if err != nil || again.Run.ID != res.Run.ID || again.Executed != failed.Failed || !again.Outcome.Stamped {
 			t.Fatalf("re-run: %v", err)
 		}
-		requireEachSliceDoneOnce(t, pool)
-		requireStampedOnce(t, pool)
-		testenv.RequireOracle(t, pool)
-		requireLockFree(t, url)
+		requireFinished(t, pool, url)
 	})
 }
 
@@ -392,10 +374,7 @@ func TestTerminateLockConnection(t *testing.T) {
 
 	setSleep(t, pool, 0)
 	b.mustRun()
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }
 
 // 5. Invariant 6: a worker that stalled past its lease while another
@@ -481,10 +460,7 @@ func TestStalledWorkerCannotCommitAfterTakeover(t *testing.T) {
 		sl.RunID, sl.ID).Scan(&owner, &state); err != nil || owner != "B" || state != "done" {
 		t.Errorf("slice row: owner %q state %q (%v), want B, done", owner, state, err)
 	}
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }
 
 // 6. Three processes share one run; one is killed with kill -9 midway. The
@@ -527,10 +503,7 @@ func TestThreeProcessesOneKilled(t *testing.T) {
 	}
 	t.Logf("%d slices were in flight in the killed process", orphans)
 	requireNotRedone(t, pool, before)
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }
 
 // 7a. Transient errors on a slice's first attempt (serialization failure,
@@ -674,8 +647,5 @@ func TestInjectedErrors(t *testing.T) {
 		t.Fatalf("status after the fix: %v", st)
 	}
 	requireNotRedone(t, pool, doneBefore)
-	requireEachSliceDoneOnce(t, pool)
-	requireStampedOnce(t, pool)
-	testenv.RequireOracle(t, pool)
-	requireLockFree(t, url)
+	requireFinished(t, pool, url)
 }

@@ -485,26 +485,6 @@ func (ev *events) of(kind engine.EventKind, slice int64) []engine.Event {
 
 // ---- private servers --------------------------------------------------------
 
-// ownServer starts a cluster of the test's own, for tests that stop it.
-func ownServer(t *testing.T) *pgtest.Server {
-	t.Helper()
-	if pgtest.SharedServer(t).External() {
-		t.Skip("tests that stop the server need a private cluster (TEST_DATABASE_URL is set)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("stop private server: %v", err)
-		}
-	})
-	return s
-}
-
 // ownDB creates a database on s with the target schema and cfg's history.
 func ownDB(t *testing.T, s *pgtest.Server, name string, cfg fixture.Config) string {
 	t.Helper()
@@ -526,4 +506,30 @@ func ownDB(t *testing.T, s *pgtest.Server, name string, cfg fixture.Config) stri
 		t.Fatal(err)
 	}
 	return url
+}
+
+// requireFinished is how every fault test ends: each slice committed once,
+// the watermark stamped once, the rollup equal to the oracle, and the cron
+// lock free.
+func requireFinished(t *testing.T, pool *pgxpool.Pool, url string) {
+	t.Helper()
+	requireEachSliceDoneOnce(t, pool)
+	requireStampedOnce(t, pool)
+	testenv.RequireOracle(t, pool)
+	requireLockFree(t, url)
+}
+
+// startMidSlice starts a run of one slice per batch on two workers and
+// returns once 3 slices are done and a worker is inside a (slowed) slice:
+// the moment the fault tests strike.
+func (b *bins) startMidSlice(t *testing.T, pool *pgxpool.Pool) *proc {
+	t.Helper()
+	p := b.start(nil, "run", "--no-progress", "--concurrency", "2", "--batch-slices", "1")
+	waitFor(t, time.Minute, "3 slices done and a worker mid-slice", func() bool {
+		if p.exited() {
+			t.Fatalf("exited (%d) before the fault:\n%s", p.code, b.safe(p.out.String()))
+		}
+		return doneCount(t, pool) >= 3 && sleepingWorkers(t, pool) > 0
+	})
+	return p
 }

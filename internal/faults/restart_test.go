@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
 )
 
@@ -17,7 +18,7 @@ import (
 // server of their own so that stopping it disturbs no other test.
 func TestServerStopRestartMidRun(t *testing.T) {
 	t.Parallel()
-	srv := ownServer(t)
+	srv := pgtest.PrivateServer(t)
 	for _, mode := range []string{"fast", "immediate"} {
 		t.Run(mode, func(t *testing.T) {
 			url := ownDB(t, srv, "restart_"+mode, tiny)
@@ -25,13 +26,7 @@ func TestServerStopRestartMidRun(t *testing.T) {
 			instrument(t, pool, 200*time.Millisecond)
 			b := newBins(t, url)
 
-			p := b.start(nil, "run", "--no-progress", "--concurrency", "2", "--batch-slices", "1")
-			waitFor(t, time.Minute, "3 slices done and a worker mid-slice", func() bool {
-				if p.exited() {
-					t.Fatalf("exited (%d) before the stop:\n%s", p.code, b.safe(p.out.String()))
-				}
-				return doneCount(t, pool) >= 3 && sleepingWorkers(t, pool) > 0
-			})
+			p := b.startMidSlice(t, pool)
 			pool.Close()
 			if err := srv.StopMode(mode); err != nil {
 				t.Fatal(err)
@@ -60,10 +55,7 @@ func TestServerStopRestartMidRun(t *testing.T) {
 			pool = testenv.Pool(t, url)
 			setSleep(t, pool, 0)
 			b.mustRun() // finishes the run, or finds it done
-			requireEachSliceDoneOnce(t, pool)
-			requireStampedOnce(t, pool)
-			testenv.RequireOracle(t, pool)
-			requireLockFree(t, url)
+			requireFinished(t, pool, url)
 		})
 	}
 }

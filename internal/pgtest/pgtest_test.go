@@ -145,20 +145,9 @@ func TestPasswordNotPrinted(t *testing.T) {
 // stay up for the parallel tests.
 func TestStopRestart(t *testing.T) {
 	t.Parallel()
-	if pgtest.SharedServer(t).External() {
-		t.Skip("fault tests need a private cluster")
-	}
+	s := pgtest.PrivateServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := s.Stop(); err != nil {
-			t.Error(err)
-		}
-	}()
 
 	dbURL, err := s.CreateDatabase(ctx, "fault")
 	if err != nil {
@@ -203,18 +192,11 @@ func TestStopRestart(t *testing.T) {
 // A failed start reports the tail of the server log, without the password.
 func TestFailedStartShowsLogTail(t *testing.T) {
 	t.Parallel()
-	if pgtest.SharedServer(t).External() {
-		t.Skip("fault tests need a private cluster")
-	}
+	s := pgtest.PrivateServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	s, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
 	// Starting it a second time fails: the data dir is in use.
-	err = s.Restart(ctx)
+	err := s.Restart(ctx)
 	if err == nil {
 		t.Fatal("second start of a running cluster succeeded")
 	}

@@ -100,3 +100,25 @@ func dbName(testName string) string {
 	}
 	return fmt.Sprintf("t_%s_%d_%d", base, os.Getpid(), dbCounter.Add(1))
 }
+
+// PrivateServer starts a cluster of the test's own, stopped when the test
+// ends: for tests that stop or restart the server, which must not disturb
+// the shared one. It skips the test when TEST_DATABASE_URL names a server.
+func PrivateServer(t testing.TB) *Server {
+	t.Helper()
+	if SharedServer(t).External() {
+		t.Skip("tests that stop the server need a private cluster (TEST_DATABASE_URL is set)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Stop(); err != nil {
+			t.Errorf("pgtest: stop private server: %v", err)
+		}
+	})
+	return s
+}
