@@ -155,35 +155,9 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return res, err
 	}
 
-	workErr := e.work(ctx, lock, run.ID, res)
-	for workErr == nil {
-		// Every worker is done. Anything still claimed by this process was
-		// stranded (its batch was partly taken over mid-way): hand it back
-		// and work again, so the run cannot end unfinished.
-		stranded, err := e.store.Release(ctx, run.ID, e.cfg.Owner)
-		if err != nil || stranded == 0 {
-			workErr = err
-			break
-		}
-		log.Warn("slices left claimed by this process were handed back; working on", "slices", stranded)
-		workErr = e.work(ctx, lock, run.ID, res)
-	}
-	if workErr != nil {
-		// Hand back what we held, with a context of its own: ctx may be the
-		// cancelled one.
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if _, err := e.store.Release(cleanup, run.ID, e.cfg.Owner); err != nil {
-			log.Warn("could not release claims; they are reclaimed once this process's lock is gone", "err", err)
-		}
-		state := checkpoint.StateInterrupted
-		if ctx.Err() == nil && !errors.Is(workErr, ErrLockLost) {
-			state = checkpoint.StateFailed
-		}
-		if others, err := e.store.OthersActive(cleanup, run.ID, e.cfg.Owner); err == nil && !others {
-			_ = e.store.SetState(cleanup, run.ID, state)
-		}
-		return res, interrupted(ctx, workErr)
+	if err := e.workUntilDone(ctx, lock, run.ID, res); err != nil {
+		e.handBack(ctx, run.ID, err)
+		return res, interrupted(ctx, err)
 	}
 
 	res.Outcome, err = e.store.Finish(ctx, run.ID, func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) {
@@ -202,6 +176,42 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
 	return res, nil
+}
+
+// workUntilDone runs the pool until no slice is left for this process.
+// Anything still claimed by it once every worker is done was stranded (its
+// batch was partly taken over mid-way): it is handed back and worked again,
+// so the run cannot end unfinished.
+func (e *Engine) workUntilDone(ctx context.Context, lock *cronLock, runID int64, res *Result) error {
+	for {
+		if err := e.work(ctx, lock, runID, res); err != nil {
+			return err
+		}
+		stranded, err := e.store.Release(ctx, runID, e.cfg.Owner)
+		if err != nil || stranded == 0 {
+			return err
+		}
+		e.cfg.Logger.Warn("slices left claimed by this process were handed back; working on", "slices", stranded)
+	}
+}
+
+// handBack releases this process's claims after the work stopped with
+// workErr, and records the run as interrupted or failed unless another
+// process still works on it. It uses a context of its own: ctx may be the
+// cancelled one.
+func (e *Engine) handBack(ctx context.Context, runID int64, workErr error) {
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := e.store.Release(cleanup, runID, e.cfg.Owner); err != nil {
+		e.cfg.Logger.Warn("could not release claims; they are reclaimed once this process's lock is gone", "err", err)
+	}
+	state := checkpoint.StateInterrupted
+	if ctx.Err() == nil && !errors.Is(workErr, ErrLockLost) {
+		state = checkpoint.StateFailed
+	}
+	if others, err := e.store.OthersActive(cleanup, runID, e.cfg.Owner); err == nil && !others {
+		_ = e.store.SetState(cleanup, runID, state)
+	}
 }
 
 // sameBound reports whether two optional range bounds are equal.
