@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -280,8 +281,7 @@ const claimSet = `
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
 	          s.read_from,
 	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
-	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id
-	             AND w.to_ts > coalesce(s.read_from, s.from_ts))::bigint`
+	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id)::bigint`
 
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
@@ -319,8 +319,9 @@ var claimAbandonedSQL = `
 	)` + claimSet
 
 // claim runs one claim statement. It also returns what reading the batch
-// through its workspaces' tasks costs: per workspace, its rows from the
-// earliest read_from of its slices in the batch on, summed.
+// through its workspaces' tasks costs: the raw rows of its workspaces over
+// the whole run, summed (that path visits every task of a workspace's
+// agents; read_from only spares the usage lookups of older ones).
 func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, int64, error) {
 	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
 	rows, err := s.db.Query(ctx, s.q(sql), args...)
@@ -379,32 +380,12 @@ var ErrNotProtected = errors.New("the cron lock (4246) is no longer held by this
 var ErrLockContended = errors.New("a session is waiting for the cron lock (4246) exclusively")
 
 // QueueFence appends to b (a batch inside the slice transaction) the check
-// that every slice of w is still c's claim and that c's lock connection
-// still holds the cron lock. The rows stay locked until commit, so no other
-// worker can take them over while this transaction writes their rollup
-// rows. The batch fails with ErrLostClaim or ErrNotProtected otherwise.
-func (s *Store) QueueFence(b *pgx.Batch, w shard.Batch, c Claim) {
-	ids, attempts := make([]int64, len(w.Slices)), make([]int32, len(w.Slices))
-	for i, sl := range w.Slices {
-		ids[i], attempts[i] = sl.ID, int32(sl.Attempt)
-	}
-	b.Queue(s.q(`
-		SELECT id FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND owner = $2 AND state = 'running'
-		  AND (id, attempts) IN (SELECT * FROM unnest($3::bigint[], $4::integer[]))
-		FOR UPDATE`), w.Slices[0].RunID, c.Owner, ids, attempts).Query(func(rows pgx.Rows) error {
-		n := 0
-		for rows.Next() {
-			n++
-		}
-		if rows.Err() == nil && n != len(ids) {
-			return ErrLostClaim
-		}
-		return rows.Err()
-	})
-	// The transaction also takes the cron lock in shared mode itself: if
-	// the lock connection dies while this transaction writes, the cron job
-	// still cannot start until it has committed or rolled back.
+// that c's lock connection still holds the cron lock, and takes the cron
+// lock in shared mode for the transaction itself: if the lock connection
+// dies while this transaction writes, the cron job still cannot start until
+// it has committed or rolled back. The batch fails with ErrNotProtected or
+// ErrLockContended otherwise. Queue it first.
+func (s *Store) QueueFence(b *pgx.Batch, c Claim) {
 	b.Queue(`SELECT `+fmt.Sprintf(cronLockHeld, "$1")+`, pg_try_advisory_xact_lock_shared(4246)`, c.PID).QueryRow(func(row pgx.Row) error {
 		var held, shared bool
 		if err := row.Scan(&held, &shared); err != nil {
@@ -421,16 +402,29 @@ func (s *Store) QueueFence(b *pgx.Batch, w shard.Batch, c Claim) {
 }
 
 // QueueComplete appends to b the done marks of w's slices, so they commit
-// with the rollup rows. Queue it after QueueFence.
-func (s *Store) QueueComplete(b *pgx.Batch, w shard.Batch) {
-	ids := make([]int64, len(w.Slices))
+// with the rollup rows, and fails the batch with ErrLostClaim unless every
+// slice is still c's claim (same owner, same attempt, still running). Queue
+// it last: the marks lock the slice rows, and checking at the end rather
+// than the start keeps those locks, and the write the fence guards, in one
+// short step. A worker that lost its claim while it wrote rolls back
+// everything; whoever took the slice over writes the same buckets from the
+// raw rows (the unique key makes the two writes wait for each other).
+func (s *Store) QueueComplete(b *pgx.Batch, w shard.Batch, c Claim) {
+	ids, attempts := make([]int64, len(w.Slices)), make([]int32, len(w.Slices))
 	for i, sl := range w.Slices {
-		ids[i] = sl.ID
+		ids[i], attempts[i] = sl.ID, int32(sl.Attempt)
 	}
 	b.Queue(s.q(`
-		UPDATE _SCHEMA_.slice
+		UPDATE _SCHEMA_.slice s
 		SET state = 'done', finished_at = clock_timestamp(), lease_until = NULL, error = NULL
-		WHERE run_id = $1 AND id = ANY($2)`), w.Slices[0].RunID, ids)
+		FROM unnest($3::bigint[], $4::integer[]) AS c(id, attempts)
+		WHERE s.run_id = $1 AND s.id = c.id AND s.attempts = c.attempts
+		  AND s.owner = $2 AND s.state = 'running'`), w.Slices[0].RunID, c.Owner, ids, attempts).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() != int64(len(ids)) {
+			return ErrLostClaim
+		}
+		return nil
+	})
 }
 
 // Fail records a slice's permanent error. It does nothing if the claim was

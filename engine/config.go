@@ -79,7 +79,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxSliceRows = 50_000
 	}
 	if c.BatchRows == 0 {
-		c.BatchRows = 50_000
+		c.BatchRows = 100_000
 	}
 	if c.BatchSlices == 0 {
 		c.BatchSlices = 5_000

@@ -471,9 +471,9 @@ func (w *workers) execute(ctx context.Context, sl shard.Batch) (int64, error) {
 	b.BeginTx(pgx.TxOptions{})
 	names, values := txSettings(w.e.cfg)
 	b.Queue(`SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)`, names, values)
-	w.e.store.QueueFence(&b, sl, w.claim)
+	w.e.store.QueueFence(&b, w.claim)
 	w.e.job.Queue(&b, sl, &rows)
-	w.e.store.QueueComplete(&b, sl)
+	w.e.store.QueueComplete(&b, sl, w.claim)
 
 	br := w.e.db.SendBatch(ctx, &b)
 	tx := br.Tx()

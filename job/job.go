@@ -42,9 +42,9 @@ var (
 	// The statements are composed once from fixed fragments, so both access
 	// paths compute the same measures and verify checks exactly what a
 	// slice writes.
-	insertByWorkspaceSQL = insertHead + withMeasures(byWorkspaceTemplate)
-	insertByTimeSQL      = insertHead + strings.Replace(withMeasures(byTimeTemplate), "/*ranges*/", rangesJoin, 1)
-	insertByWindowSQL    = insertHead + strings.Replace(withMeasures(byTimeTemplate), "/*ranges*/", "", 1)
+	insertByWorkspaceSQL = insertOf(byWorkspaceTemplate)
+	insertByTimeSQL      = insertOf(strings.Replace(byTimeTemplate, "/*ranges*/", rangesJoin, 1))
+	insertByWindowSQL    = insertOf(strings.Replace(byTimeTemplate, "/*ranges*/", "", 1))
 	verifySQL            = withMeasures(verifyTemplate)
 )
 
@@ -52,7 +52,16 @@ var (
 // ranges all equal its span (one window, as claims usually make them) does
 // without it and saves a sort of the whole span.
 const rangesJoin = `JOIN unnest($1::uuid[], $4::timestamptz[], $5::timestamptz[]) AS r(workspace_id, from_ts, to_ts)
-  ON r.workspace_id = u.workspace_id AND u.created_at >= r.from_ts AND u.created_at < r.to_ts`
+  ON r.workspace_id = t.workspace_id AND u.created_at >= r.from_ts AND u.created_at < r.to_ts`
+
+// insertOf is the INSERT of the rows an access path selects, in the order
+// of the rollup's workspace-led indexes (workspace_id, agent_id,
+// bucket_hour DESC): consecutive rows then land on the same index pages,
+// which makes the insert, most of a slice's cost, about a sixth cheaper
+// than in hash order.
+func insertOf(selectSQL string) string {
+	return insertHead + withMeasures(selectSQL) + "\nORDER BY 2, 4, 1 DESC"
+}
 
 // withMeasures puts the measure list (measures.sql without its comment)
 // where a statement has the /*measures*/ marker.
@@ -93,8 +102,11 @@ func (Hourly) Version() string {
 // most raw rows per window before a month is cut into shorter windows.
 func (Hourly) PlanSQL() string { return planSQL }
 
-// timePathCost is how much dearer a row is on the time path (one primary
-// key lookup of its task per usage row) than on the workspace path.
+// timePathCost weighs a row of the time path against one of the
+// workspace path: the time path reads every workspace's rows in the span
+// and keeps the batch's, so a batch that holds most of its span pays for
+// rows it does not keep; the factor leaves small-workspace batches on the
+// workspace path.
 const timePathCost = 2
 
 // Queue appends to b the statements that replace the buckets of batch w:

@@ -21,8 +21,8 @@ type Batch struct {
 	Slices []Slice // sorted by workspace, then start
 	// Rows is the raw rows of the batch's slices, estimated at planning.
 	Rows int64
-	// WorkspaceRows is the raw rows of the batch's workspaces from
-	// ReadFrom on: what reading through their tasks costs.
+	// WorkspaceRows is the raw rows of the batch's workspaces over the
+	// whole run: what reading through their tasks costs.
 	WorkspaceRows int64
 	// RangeRows is the raw rows of every workspace within the span of the
 	// batch (prorated for slices that overlap it in part): what reading

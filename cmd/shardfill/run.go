@@ -86,7 +86,7 @@ against one database at once: they share the run.`,
 	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst")
 	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
-	fs.Int64Var(&cfg.BatchRows, "batch-rows", 50_000, "slices of one window share a transaction up to this many raw rows (each still checkpointed)")
+	fs.Int64Var(&cfg.BatchRows, "batch-rows", 100_000, "slices of one window share a transaction up to this many raw rows (each still checkpointed); keep it above --max-slice-rows so a window is claimed whole")
 	fs.IntVar(&cfg.BatchSlices, "batch-slices", 5_000, "most slices in one batch (1 = no batching)")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 5, "tries of a slice on transient errors")
 	fs.DurationVar(&cfg.Lease, "lease", 60*time.Second, "how long a claimed slice stays this process's without renewal")
