@@ -23,21 +23,21 @@ func (r *Report) Chart(path string) error {
 	p.Legend.Top = true
 	p.Add(plotter.NewGrid())
 
-	series := func(scenario string) plotter.XYs {
+	series := func(scenario, variant string) plotter.XYs {
 		var xy plotter.XYs
 		for _, res := range append(append([]Result{}, r.Results...), r.Scenarios...) {
-			if res.Scenario == scenario && res.Mode == ModeShardfill && res.Concurrency > 0 {
+			if res.Scenario == scenario && res.Variant == variant && res.Mode == ModeShardfill && res.Concurrency > 0 {
 				xy = append(xy, plotter.XY{X: float64(res.Concurrency), Y: res.RowsPerSec()})
 			}
 		}
 		return xy
 	}
-	main, lat := series(""), series(ScenarioLatency)
-	if len(main)+len(lat) == 0 {
+	main, lat, latUnbatched := series("", ""), series(ScenarioLatency, ""), series(ScenarioLatency, "unbatched")
+	if len(main)+len(lat)+len(latUnbatched) == 0 {
 		return fmt.Errorf("no shardfill results to chart")
 	}
 	lo, hi := math.Inf(1), 0.0
-	for _, pt := range append(append(plotter.XYs{}, main...), lat...) {
+	for _, pt := range append(append(append(plotter.XYs{}, main...), lat...), latUnbatched...) {
 		lo, hi = math.Min(lo, pt.X), math.Max(hi, pt.X)
 	}
 	var ticks []plot.Tick
@@ -75,6 +75,9 @@ func (r *Report) Chart(path string) error {
 		return err
 	}
 	if err := addLine(lat, "shardfill, latency scenario (+1 ms each way)", color.RGBA{R: 255, G: 127, B: 14, A: 255}, draw.TriangleGlyph{}); err != nil {
+		return err
+	}
+	if err := addLine(latUnbatched, "shardfill, latency scenario, unbatched", color.RGBA{R: 148, G: 103, B: 189, A: 255}, draw.SquareGlyph{}); err != nil {
 		return err
 	}
 	ref := func(mode, name string, c color.Color) error {

@@ -118,6 +118,11 @@ func target(name, want string, got float64, format string, ok, measured bool) Ta
 	return t
 }
 
+// productionSerialRowsPerSec is the serial command's speed with the
+// production window function on a 2-core machine, as the performance issue
+// measured it (1.1 M rows in 1 115 s).
+const productionSerialRowsPerSec = 1000
+
 // Targets evaluates the project's performance targets against the report.
 func (r *Report) Targets() []Target {
 	var out []Target
@@ -145,6 +150,12 @@ func (r *Report) Targets() []Target {
 		name += "; best mode " + best.Label()
 	}
 	out = append(out, target(name+")", "≥ 100×", x, "%.0f×", x >= 100, hasSerial && best.Wall > 0))
+	// The issue measured the production window function at about 1 000
+	// rows/s on this kind of machine; ours is slower, which flatters the
+	// line above, so the target is also checked against that figure.
+	x = best.RowsPerSec() / productionSerialRowsPerSec
+	out = append(out, target(fmt.Sprintf("speedup over the production serial command (~%s rows/s as measured in the issue; best mode)",
+		fmtInt(productionSerialRowsPerSec)), "≥ 100×", x, "%.0f×", x >= 100, best.Wall > 0))
 
 	if r.Size == "large" {
 		c4, ok := r.find(ModeShardfill, 4)
@@ -174,18 +185,29 @@ func (r *Report) Targets() []Target {
 			out = append(out, target(fmt.Sprintf("skew tail ratio (c=%d)", res.Concurrency), "≤ 10 %", 100*res.TailRatio, "%.1f %%", res.TailRatio <= 0.10, true))
 		}
 	}
-	var lat1, lat16 Result
-	for _, res := range r.Scenarios {
-		if res.Scenario == ScenarioLatency && res.Concurrency == 1 {
-			lat1 = res
+	for _, v := range latencyVariants {
+		var lat1, lat16 Result
+		for _, res := range r.Scenarios {
+			if res.Scenario != ScenarioLatency || res.Variant != v.name {
+				continue
+			}
+			switch res.Concurrency {
+			case 1:
+				lat1 = res
+			case 16:
+				lat16 = res
+			}
 		}
-		if res.Scenario == ScenarioLatency && res.Concurrency == 16 {
-			lat16 = res
+		if lat1.Wall > 0 && lat16.Wall > 0 {
+			name := "latency: throughput c=16 / c=1"
+			if v.name != "" {
+				name += ", " + v.name + " (" + strings.Join(v.args, " ") + ")"
+			} else {
+				name += fmt.Sprintf(" (defaults; c=1 alone does %s rows/s)", fmtInt(int64(lat1.RowsPerSec())))
+			}
+			x := lat16.RowsPerSec() / lat1.RowsPerSec()
+			out = append(out, target(name, "≥ 6×", x, "%.1f×", x >= 6, true))
 		}
-	}
-	if lat1.Wall > 0 && lat16.Wall > 0 {
-		x := lat16.RowsPerSec() / lat1.RowsPerSec()
-		out = append(out, target("latency: throughput c=16 / c=1", "≥ 6×", x, "%.1f×", x >= 6, true))
 	}
 	return out
 }

@@ -16,11 +16,25 @@ import (
 )
 
 // LatencyConfig is the data set of the latency scenario: many small
-// workspaces, so that the run is dominated by per-slice round trips.
+// workspaces, so that a run that gives each slice its own transaction is
+// dominated by per-slice round trips.
 type LatencyConfig struct {
 	Fixture     fixture.Config
 	Delay       time.Duration // added each way
 	Concurrency []int
+}
+
+// latencyVariants are the two ways the latency scenario runs shardfill:
+// with its defaults, where a window's slices share one transaction and one
+// round trip, and unbatched, one transaction per slice as an operator who
+// wants the smallest transactions would run it. The first shows what
+// batching does against latency, the second what concurrency does.
+var latencyVariants = []struct {
+	name string
+	args []string
+}{
+	{"", nil},
+	{"unbatched", []string{"--batch-slices", "1"}},
 }
 
 // DefaultLatency is the latency scenario's default data set.
@@ -57,31 +71,36 @@ func (h *Harness) Latency(ctx context.Context, srv *pgtest.Server, cfg LatencyCo
 	proxied.URL = viaProxy
 
 	var out []Result
-	for _, c := range cfg.Concurrency {
-		// Reset, verification and the slice table go direct; only the
-		// binary talks through the proxy.
-		if err := h.Reset(ctx, db); err != nil {
-			return out, err
+	for _, v := range latencyVariants {
+		for _, c := range cfg.Concurrency {
+			// Reset, verification and the slice table go direct; only the
+			// binary talks through the proxy.
+			if err := h.Reset(ctx, db); err != nil {
+				return out, err
+			}
+			res := Result{Scenario: ScenarioLatency, Mode: ModeShardfill, Concurrency: c, Variant: v.name,
+				Rows: db.UsageRows, Note: fmt.Sprintf("+%s each way; %d workspaces", cfg.Delay, cfg.Fixture.Workspaces)}
+			if len(v.args) > 0 {
+				res.Note += "; " + strings.Join(v.args, " ")
+			}
+			label := "latency " + res.Label()
+			h.logf("latency: %s (+%s each way)", label, cfg.Delay)
+			args := append([]string{"run", "--concurrency", fmt.Sprint(c), "--rate", "0", "--no-progress", "--new-run"}, v.args...)
+			p, err := h.RunBinary(ctx, proxied.URL, fmt.Sprintf("latency%s-c%d", v.name, c), args...)
+			if err != nil {
+				return out, fmt.Errorf("%s: %w", label, err)
+			}
+			res.Wall, res.MaxRSSKiB, res.RusageMaxRSSKiB = p.Wall, p.MaxRSSKiB, p.RusageMaxRSSKiB
+			if err := h.readRun(ctx, db, &res); err != nil {
+				return out, fmt.Errorf("%s: %w", label, err)
+			}
+			if err := Verify(ctx, db, label); err != nil {
+				return out, err
+			}
+			res.Verified = true
+			h.logf("latency: %s: %s, %.0f rows/s, %d slices", label, res.Wall.Round(time.Millisecond), res.RowsPerSec(), res.Slices)
+			out = append(out, res)
 		}
-		label := fmt.Sprintf("latency shardfill c=%d", c)
-		h.logf("latency: %s (+%s each way)", label, cfg.Delay)
-		p, err := h.RunBinary(ctx, proxied.URL, fmt.Sprintf("latency-c%d", c),
-			"run", "--concurrency", fmt.Sprint(c), "--rate", "0", "--no-progress", "--new-run")
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", label, err)
-		}
-		res := Result{Scenario: ScenarioLatency, Mode: ModeShardfill, Concurrency: c, Wall: p.Wall,
-			Rows: db.UsageRows, MaxRSSKiB: p.MaxRSSKiB, RusageMaxRSSKiB: p.RusageMaxRSSKiB,
-			Note: fmt.Sprintf("+%s each way; %d workspaces", cfg.Delay, cfg.Fixture.Workspaces)}
-		if err := h.readRun(ctx, db, &res); err != nil {
-			return out, fmt.Errorf("%s: %w", label, err)
-		}
-		if err := Verify(ctx, db, label); err != nil {
-			return out, err
-		}
-		res.Verified = true
-		h.logf("latency: %s: %s, %.0f rows/s, %d slices", label, res.Wall.Round(time.Millisecond), res.RowsPerSec(), res.Slices)
-		out = append(out, res)
 	}
 	return out, nil
 }
