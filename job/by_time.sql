@@ -28,7 +28,7 @@ WITH span AS MATERIALIZED (
     FROM issue i
     WHERE i.id = ANY (ARRAY (SELECT DISTINCT issue_id FROM task WHERE issue_id IS NOT NULL))
 )
-SELECT task_usage_hour_bucket(u.created_at) AS bucket_hour,
+SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
        t.workspace_id, t.runtime_id, t.agent_id, i.project_id, u.provider, u.model,
        /*measures*/
 FROM span u

@@ -3,7 +3,7 @@
 -- planner's bound: no older task has usage in the batch) -> usage (by task).
 -- Costs what the workspaces hold from $4 on, whatever the ranges' width.
 -- Ranges: (workspace $1[i], [$2[i], $3[i])), at most one per workspace.
-SELECT task_usage_hour_bucket(u.created_at) AS bucket_hour,
+SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
        a.workspace_id, t.runtime_id, t.agent_id, i.project_id, u.provider, u.model,
        /*measures*/
 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS r(workspace_id, from_ts, to_ts)

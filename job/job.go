@@ -219,7 +219,7 @@ var requiredColumns = []struct {
 	{"task_usage_hourly_dirty", nil},
 }
 
-// requiredFunctions are the helper the slice SQL calls and the incremental
+// requiredFunctions are the bucket helper verify calls and the incremental
 // pipeline that must be in place to take over after the backfill.
 var requiredFunctions = []string{
 	"task_usage_hour_bucket",
