@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
     -- rollup: the oldest creation of a task with usage in the slice; a task
     -- can receive usage long after it was created). NULL: nothing to read.
     read_from    timestamptz,
+    -- the raw rows of the slice's workspace over the whole run: what
+    -- reading a batch through its workspaces' tasks costs.
+    ws_rows      bigint,
     state        text NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'running', 'done', 'failed')),
     attempts     integer NOT NULL DEFAULT 0,
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
 );
 
 CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS slice_workspace_idx ON _SCHEMA_.slice (run_id, workspace_id);
+-- Checkpoint tables created before ws_rows existed get it here (their
+-- runs were planned by other slice SQL and are not resumed).
+ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint;
 CREATE INDEX IF NOT EXISTS slice_from_idx ON _SCHEMA_.slice (run_id, from_ts);
 CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';

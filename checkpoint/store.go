@@ -204,9 +204,10 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 		return nil, err
 	}
 	_, err = tx.Exec(ctx, s.q(`
-		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from)
+		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows)
 		SELECT $3, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
-		       workspace_id, from_ts, to_ts, est_rows, read_from
+		       workspace_id, from_ts, to_ts, est_rows, read_from,
+		       sum(est_rows) OVER (PARTITION BY workspace_id)
 		FROM (`+spec.SourceSQL+`) src`), LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
@@ -279,9 +280,7 @@ const claimSet = `
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
 	WHERE s.run_id = $1 AND s.id = ANY (ARRAY (SELECT id FROM pick))
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
-	          s.read_from,
-	          (SELECT sum(w.est_rows) FROM _SCHEMA_.slice w
-	           WHERE w.run_id = s.run_id AND w.workspace_id = s.workspace_id)::bigint`
+	          s.read_from, coalesce(s.ws_rows, 0)`
 
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
@@ -332,14 +331,14 @@ func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lea
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
 		var readFrom *time.Time
-		var after int64
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom, &after)
+		var wsRows int64
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom, &wsRows)
 		if readFrom != nil {
 			sl.ReadFrom = *readFrom
 		} else {
 			sl.ReadFrom = sl.From // planned without raw rows: nothing older to read
 		}
-		perWorkspace[sl.Workspace] = max(perWorkspace[sl.Workspace], after)
+		perWorkspace[sl.Workspace] = wsRows
 		return sl, err
 	})
 	if err != nil {
