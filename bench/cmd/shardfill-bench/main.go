@@ -254,7 +254,10 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	if o.size == "large" {
-		rep.MediumC4 = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeShardfill, 4)
+		rep.MediumWall = map[int]time.Duration{}
+		for _, c := range o.concurrency {
+			rep.MediumWall[c] = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeShardfill, c)
+		}
 	}
 	rep.Notes = append(rep.Notes, "Slice times are claim → commit of the slice's batch (slices claimed together share their batch's time).",
 		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+bench.SharedBuffers+" (the rollup and its indexes outgrow the test default).")
