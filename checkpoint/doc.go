@@ -5,9 +5,9 @@
 // slices straight from a query into the slice table (the slice list never
 // passes through Go), workers claim them with FOR UPDATE SKIP LOCKED under a
 // lease, and a slice is marked done in the transaction that writes its
-// rollup rows ([Store.QueueFence] and [Store.QueueComplete] run inside it). So a process may die at any
-// instant and a re-run, or another process sharing the run, continues from
-// exactly what has committed.
+// rollup rows ([Store.QueueFence] and [Store.QueueComplete] run inside it).
+// So a process may die at any instant and a re-run, or another process
+// sharing the run, continues from exactly what has committed.
 //
 // A claim is fenced by (owner, attempts): a worker that stalled past its
 // lease and was overtaken finds its claim gone when it tries to complete,

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
     -- the raw rows of the slice's workspace over the whole run: what
     -- reading a batch through its workspaces' tasks costs.
     ws_rows      bigint,
+    -- the raw rows of every workspace in the slice's window: what reading
+    -- a batch through time costs.
+    window_rows  bigint,
     state        text NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'running', 'done', 'failed')),
     attempts     integer NOT NULL DEFAULT 0,
@@ -57,9 +60,10 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
 );
 
 CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
--- Checkpoint tables created before ws_rows existed get it here (their
--- runs were planned by other slice SQL and are not resumed).
+-- Checkpoint tables created before these columns existed get them here
+-- (their runs were planned by other slice SQL and are not resumed).
 ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint;
+ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS window_rows bigint;
 CREATE INDEX IF NOT EXISTS slice_from_idx ON _SCHEMA_.slice (run_id, from_ts);
 CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';

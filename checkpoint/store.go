@@ -41,7 +41,7 @@ const cronLockHeld = `EXISTS (SELECT 1 FROM pg_locks l
 	WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1
 	  AND l.granted AND l.pid = %s)`
 
-// ErrLostClaim fails a batch (through QueueFence) when a slice is no longer
+// ErrLostClaim fails a batch (through QueueComplete) when a slice is no longer
 // this worker's claim: its lease expired and another worker took it over.
 var ErrLostClaim = errors.New("claim lost: the slice was taken over by another worker")
 
@@ -204,10 +204,11 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 		return nil, err
 	}
 	_, err = tx.Exec(ctx, s.q(`
-		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows)
+		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows, window_rows)
 		SELECT $3, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
 		       workspace_id, from_ts, to_ts, est_rows, read_from,
-		       sum(est_rows) OVER (PARTITION BY workspace_id)
+		       sum(est_rows) OVER (PARTITION BY workspace_id),
+		       sum(est_rows) OVER (PARTITION BY from_ts, to_ts)
 		FROM (`+spec.SourceSQL+`) src`), LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
@@ -255,9 +256,9 @@ type BatchLimits struct {
 // one sweep. When nothing is pending it takes over one slice whose owner is
 // gone: lease expired, or its lock connection no longer holds the cron lock.
 func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
-	got, wsRows, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	got, cost, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
-		got, wsRows, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
+		got, cost, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
 	}
 	if err != nil || len(got) == 0 {
 		return nil, err
@@ -266,8 +267,8 @@ func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLim
 	if err != nil {
 		return nil, err
 	}
-	b.WorkspaceRows = wsRows
-	return &b, s.estimateRange(ctx, runID, &b)
+	b.WorkspaceRows, b.RangeRows = cost.workspaceRows, cost.rangeRows
+	return &b, nil
 }
 
 // claimSet marks the picked slices claimed. The picked ids are gathered
@@ -280,7 +281,7 @@ const claimSet = `
 	    lease_until = now() + $4 * interval '1 millisecond', started_at = now(), error = NULL
 	WHERE s.run_id = $1 AND s.id = ANY (ARRAY (SELECT id FROM pick))
 	RETURNING s.run_id, s.id, s.workspace_id::text, s.from_ts, s.to_ts, s.est_rows, s.attempts,
-	          s.read_from, coalesce(s.ws_rows, 0)`
+	          s.read_from, coalesce(s.ws_rows, 0), coalesce(s.window_rows, 0)`
 
 // claimPendingSQL: $5 row budget, $6 most companions of the first slice.
 const claimPendingSQL = `
@@ -317,55 +318,56 @@ var claimAbandonedSQL = `
 		FOR UPDATE SKIP LOCKED
 	)` + claimSet
 
-// claim runs one claim statement. It also returns what reading the batch
-// through its workspaces' tasks costs: the raw rows of its workspaces over
-// the whole run, summed (that path visits every task of a workspace's
-// agents; read_from only spares the usage lookups of older ones).
-func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, int64, error) {
+// readCost is what reading a batch costs on each access path, in raw rows
+// as planned.
+type readCost struct {
+	// workspaceRows: the rows of the batch's workspaces over the whole run,
+	// summed (the workspace path visits every task of a workspace's agents;
+	// read_from only spares the usage lookups of older ones).
+	workspaceRows int64
+	// rangeRows: the rows of every workspace in the batch's windows, summed
+	// (the time path reads them all and keeps the batch's). A claimed batch
+	// lies in one window.
+	rangeRows int64
+}
+
+// claim runs one claim statement and returns the claimed slices and what
+// reading them costs, from the per-workspace and per-window totals the plan
+// stored with every slice.
+func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, readCost, error) {
 	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
 	rows, err := s.db.Query(ctx, s.q(sql), args...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("claim slices: %w", err)
+		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
 	}
 	perWorkspace := map[string]int64{}
+	perWindow := map[[2]time.Time]int64{}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
 		var readFrom *time.Time
-		var wsRows int64
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom, &wsRows)
+		var wsRows, windowRows int64
+		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom,
+			&wsRows, &windowRows)
 		if readFrom != nil {
 			sl.ReadFrom = *readFrom
 		} else {
 			sl.ReadFrom = sl.From // planned without raw rows: nothing older to read
 		}
 		perWorkspace[sl.Workspace] = wsRows
+		perWindow[[2]time.Time{sl.From.UTC(), sl.To.UTC()}] = windowRows
 		return sl, err
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("claim slices: %w", err)
+		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
 	}
-	var total int64
+	var cost readCost
 	for _, n := range perWorkspace {
-		total += n
+		cost.workspaceRows += n
 	}
-	return got, total, nil
-}
-
-// estimateRange fills in, unless the batch holds all the rows its
-// workspaces have from ReadFrom on, every workspace's rows within the
-// batch's time span (slices that overlap it in part count pro rata): with
-// WorkspaceRows, what the job chooses its access path from.
-func (s *Store) estimateRange(ctx context.Context, runID int64, b *shard.Batch) error {
-	if b.Rows >= b.WorkspaceRows {
-		return nil
+	for _, n := range perWindow {
+		cost.rangeRows += n
 	}
-	from, to := b.Bounds()
-	return s.db.QueryRow(ctx, s.q(`
-		SELECT coalesce(sum(est_rows * extract(epoch FROM least(to_ts, $3) - greatest(from_ts, $2))
-		                              / extract(epoch FROM to_ts - from_ts)), 0)::bigint
-		FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND from_ts < $3 AND to_ts > $2
-		  AND from_ts > $2 - interval '32 days' -- no slice is longer than a month: keeps it an index range`), runID, from, to).Scan(&b.RangeRows)
+	return got, cost, nil
 }
 
 // ErrNotProtected is returned by Fence when the owner's lock connection no

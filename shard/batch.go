@@ -24,9 +24,8 @@ type Batch struct {
 	// WorkspaceRows is the raw rows of the batch's workspaces over the
 	// whole run: what reading through their tasks costs.
 	WorkspaceRows int64
-	// RangeRows is the raw rows of every workspace within the span of the
-	// batch (prorated for slices that overlap it in part): what reading
-	// through time costs. 0 when not estimated.
+	// RangeRows is the raw rows of every workspace in the batch's
+	// windows: what reading through time costs. 0 when not known.
 	RangeRows int64
 }
 
