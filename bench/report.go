@@ -158,8 +158,8 @@ func (r *Report) Targets() []Target {
 	// faster or slower machine cancels out), the speedup is 60 / (our time
 	// / limit time).
 	x = 0
-	if r := r.RatioToLimit(best); r > 0 {
-		x = productionSerialOverLimit / r
+	if ratio := r.RatioToLimit(best); ratio > 0 {
+		x = productionSerialOverLimit / ratio
 	}
 	out = append(out, target(fmt.Sprintf("speedup over the production serial command (%d× the limit's time, as the issue measured it; best mode)",
 		productionSerialOverLimit), "≥ 100×", x, "%.0f×", x >= 100, hasLimit && best.Wall > 0))
