@@ -203,13 +203,29 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	if err != nil {
 		return nil, err
 	}
+	// Planning reads the whole history once, before any worker can start:
+	// the one statement where the server's parallel workers pay. INSERT …
+	// SELECT never runs in parallel and CREATE TABLE … AS may, so the slice
+	// list is first computed into a temporary table. The planner badly
+	// overestimates how many (workspace, day) groups the scan reduces to and
+	// would stay serial; the cost settings, local to this transaction, let
+	// it take the parallel plan (the server's worker limits still apply).
+	_, err = tx.Exec(ctx, `SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL jit = off`)
+	if err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+spec.SourceSQL,
+		LowerBound(spec.RangeFrom), spec.MaxSliceRows)
+	if err != nil {
+		return nil, fmt.Errorf("plan slices: %w", err)
+	}
 	_, err = tx.Exec(ctx, s.q(`
 		INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows, window_rows)
-		SELECT $3, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
+		SELECT $1, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
 		       workspace_id, from_ts, to_ts, est_rows, read_from,
 		       sum(est_rows) OVER (PARTITION BY workspace_id),
 		       sum(est_rows) OVER (PARTITION BY from_ts, to_ts)
-		FROM (`+spec.SourceSQL+`) src`), LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
+		FROM shardfill_plan`), id)
 	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
 	}
