@@ -254,6 +254,7 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	if o.size == "large" {
+		rep.MediumLimit = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeLimit, 0)
 		rep.MediumWall = map[int]time.Duration{}
 		for _, c := range o.concurrency {
 			rep.MediumWall[c] = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeShardfill, c)

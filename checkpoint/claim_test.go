@@ -1,0 +1,103 @@
+package checkpoint_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/testenv"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// Workers that all claim at the same moment (a pool starting, or several
+// processes started together) each get whole windows: no window is split
+// between two batches, which would make both read all of it.
+func TestSimultaneousClaimsDoNotSplitWindows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url+"&pool_max_conns=16")
+	store := checkpoint.New(pool, "shardfill")
+	// The workers' claims name a lock connection that holds the cron lock,
+	// as the engine's do: otherwise their slices look abandoned at once.
+	lockConn := testenv.Conn(t, url)
+	if _, err := lockConn.Exec(ctx, `SELECT pg_advisory_lock_shared(4246)`); err != nil {
+		t.Fatal(err)
+	}
+	pid := int(lockConn.PgConn().PID())
+	if err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var windows int
+	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT (from_ts, to_ts)) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&windows); err != nil {
+		t.Fatal(err)
+	}
+	if windows < 8 {
+		t.Fatalf("the plan has %d windows; the test needs at least 8", windows)
+	}
+
+	// Every worker claims until nothing is left, all starting together.
+	const workers = 16
+	var (
+		mu      sync.Mutex
+		batches []shard.Batch
+		start   = make(chan struct{})
+		wg      sync.WaitGroup
+		errs    = make(chan error, workers)
+	)
+	for i := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for {
+				b, err := store.Claim(ctx, run.ID, checkpoint.Claim{Owner: fmt.Sprintf("w%d", i), PID: pid},
+					checkpoint.BatchLimits{Rows: 1 << 40, Slices: 1 << 20}, time.Hour)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if b == nil {
+					return
+				}
+				mu.Lock()
+				batches = append(batches, *b)
+				mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	seen := map[[2]time.Time]int{}
+	slices := 0
+	for _, b := range batches {
+		lo, hi := b.Bounds()
+		seen[[2]time.Time{lo.UTC(), hi.UTC()}]++
+		slices += len(b.Slices)
+	}
+	for w, n := range seen {
+		if n > 1 {
+			t.Errorf("window %s..%s was split into %d batches", w[0].Format(time.DateOnly), w[1].Format(time.DateOnly), n)
+		}
+	}
+	if len(seen) != windows || int64(slices) != run.SlicesTotal {
+		t.Fatalf("claimed %d slices in %d windows; the run has %d slices in %d windows", slices, len(seen), run.SlicesTotal, windows)
+	}
+}
