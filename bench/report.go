@@ -71,7 +71,7 @@ type Report struct {
 	// MediumLimit is the limit's wall time in results/medium.csv, to show
 	// how the single statement itself scales; 0 if unknown.
 	MediumLimit time.Duration
-	Notes      []string
+	Notes       []string
 }
 
 func (r *Report) find(mode string, c int) (Result, bool) {
