@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
@@ -35,8 +37,20 @@ func TestSimultaneousClaimsDoNotSplitWindows(t *testing.T) {
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The race is a matter of timing: several fresh runs give it several
+	// chances to show.
+	for range 4 {
+		claimAllAtOnce(t, pool, store, pid)
+	}
+}
+
+// claimAllAtOnce plans a new run and has workers claim all of it, starting
+// together, and fails the test if a window went to more than one batch.
+func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, pid int) {
+	t.Helper()
+	ctx := context.Background()
 	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version()})
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,5 +113,36 @@ func TestSimultaneousClaimsDoNotSplitWindows(t *testing.T) {
 	}
 	if len(seen) != windows || int64(slices) != run.SlicesTotal {
 		t.Fatalf("claimed %d slices in %d windows; the run has %d slices in %d windows", slices, len(seen), run.SlicesTotal, windows)
+	}
+}
+
+// Migrate completes a checkpoint schema made by an older version (here:
+// without the per-workspace and per-window totals), and leaves a complete
+// one alone.
+func TestMigrateAddsMissingColumns(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testenv.Pool(t, testenv.DB(t, nil))
+	store := checkpoint.New(pool, "shardfill")
+	if err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ALTER TABLE shardfill.slice DROP COLUMN ws_rows, DROP COLUMN window_rows;
+		DROP INDEX shardfill.slice_failed_idx`); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err := pool.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid = 'shardfill.slice'::regclass
+		        AND attname IN ('ws_rows', 'window_rows') AND NOT attisdropped)
+		     + (to_regclass('shardfill.slice_failed_idx') IS NOT NULL)::int`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Fatalf("after Migrate on an old schema: %d of the 2 columns and 1 index present", n)
 	}
 }

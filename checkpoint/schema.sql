@@ -60,10 +60,6 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
 );
 
 CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
--- Checkpoint tables created before these columns existed get them here
--- (their runs were planned by other slice SQL and are not resumed).
-ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint;
-ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS window_rows bigint;
 CREATE INDEX IF NOT EXISTS slice_from_idx ON _SCHEMA_.slice (run_id, from_ts);
 CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';

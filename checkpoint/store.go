@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -28,6 +29,51 @@ const (
 	StateInterrupted = "interrupted"
 	StateSuperseded  = "superseded"
 )
+
+// schemaObjects are the tables and indexes schema.sql creates.
+var schemaObjects = func() []string {
+	var names []string
+	for _, m := range regexp.MustCompile(`(?m)^CREATE (?:TABLE|INDEX) IF NOT EXISTS (?:_SCHEMA_\.)?(\w+)`).FindAllStringSubmatch(schemaSQL, -1) {
+		names = append(names, m[1])
+	}
+	return names
+}()
+
+// complete reports whether the checkpoint schema already has every table,
+// index and column, so that a process joining a run takes no DDL lock at
+// all: CREATE INDEX IF NOT EXISTS and ALTER TABLE lock the slice table
+// even when there is nothing to do, which would stall, or deadlock with,
+// the processes already working on the run.
+func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
+	qualified := make([]string, len(schemaObjects))
+	for i, name := range schemaObjects {
+		qualified[i] = s.ident + "." + name
+	}
+	var complete bool
+	err := tx.QueryRow(ctx, `
+		SELECT (SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n)
+		   AND EXISTS (SELECT FROM pg_attribute
+		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)`,
+		qualified, s.ident+".slice").Scan(&complete)
+	return complete, err
+}
+
+// addColumns gives a slice table created before the per-workspace and
+// per-window totals existed those columns (its runs were planned by other
+// slice SQL and are not resumed). Only then: ALTER TABLE locks the table
+// exclusively even when there is nothing to add, and a process joining a
+// run would queue behind, and deadlock with, the processes working on it.
+func (s *Store) addColumns(ctx context.Context, tx pgx.Tx) error {
+	var have bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_attribute
+		WHERE attrelid = to_regclass($1) AND attname = 'window_rows' AND NOT attisdropped)`, s.ident+".slice").Scan(&have)
+	if err != nil || have {
+		return err
+	}
+	_, err = tx.Exec(ctx, s.q(`ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint,
+		ADD COLUMN IF NOT EXISTS window_rows bigint`))
+	return err
+}
 
 // lockClass is the first half of the two-key advisory locks that serialise
 // migrations and planning per schema. Two-key locks live in a key space of
@@ -66,8 +112,14 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, "migrate:"+s.schema); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, s.q(schemaSQL))
-		return err
+		complete, err := s.complete(ctx, tx)
+		if err != nil || complete {
+			return err
+		}
+		if _, err := tx.Exec(ctx, s.q(schemaSQL)); err != nil {
+			return err
+		}
+		return s.addColumns(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("create checkpoint schema %s: %w", s.schema, err)
@@ -350,12 +402,40 @@ type readCost struct {
 // claim runs one claim statement and returns the claimed slices and what
 // reading them costs, from the per-workspace and per-window totals the plan
 // stored with every slice.
+//
+// Claims of one run take turns (a transaction-level advisory lock, taken
+// before the claim statement's snapshot): racing claims could each skip
+// the slices the others had just locked and split a window between
+// workers, each of which then reads the whole window. The transaction
+// travels in one round trip.
 func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, readCost, error) {
-	args := append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)
-	rows, err := s.db.Query(ctx, s.q(sql), args...)
+	conn, err := s.db.Acquire(ctx)
 	if err != nil {
 		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
 	}
+	defer conn.Release()
+	var b pgx.Batch
+	b.Queue(`BEGIN`)
+	b.Queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, fmt.Sprintf("claim:%s:%d", s.schema, runID))
+	var got []shard.Slice
+	var cost readCost
+	b.Queue(s.q(sql), append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)...).Query(func(rows pgx.Rows) error {
+		var cerr error
+		got, cost, cerr = collectClaimed(rows)
+		return cerr
+	})
+	b.Queue(`COMMIT`)
+	if err := conn.SendBatch(ctx, &b).Close(); err != nil {
+		// Whatever failed, the transaction did not commit: end it before
+		// the connection goes back to the pool.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
+	}
+	return got, cost, nil
+}
+
+// collectClaimed reads the rows of a claim statement.
+func collectClaimed(rows pgx.Rows) ([]shard.Slice, readCost, error) {
 	perWorkspace := map[string]int64{}
 	perWindow := map[[2]time.Time]int64{}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
@@ -374,7 +454,7 @@ func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lea
 		return sl, err
 	})
 	if err != nil {
-		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
+		return nil, readCost{}, err
 	}
 	var cost readCost
 	for _, n := range perWorkspace {
