@@ -171,3 +171,16 @@ func TestLimitAndSerialMatchTheOracle(t *testing.T) {
 		t.Fatalf("Verify on a broken rollup: %v", err)
 	}
 }
+
+func TestMedianTakesTheMiddleRound(t *testing.T) {
+	rounds := []Result{{Wall: 3 * time.Second, RunID: 1}, {Wall: time.Second, RunID: 2}, {Wall: 2 * time.Second, RunID: 3}}
+	if got := Median(rounds); got.RunID != 3 {
+		t.Fatalf("median of 3 s, 1 s, 2 s: got run %d (%s), want run 3 (2 s)", got.RunID, got.Wall)
+	}
+	if got := Median(rounds[:2]); got.RunID != 1 {
+		t.Fatalf("median of 3 s, 1 s: got run %d, want the slower, run 1", got.RunID)
+	}
+	if rounds[0].RunID != 1 {
+		t.Fatal("Median reordered its argument")
+	}
+}

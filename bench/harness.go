@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -166,6 +168,14 @@ func (r Result) Label() string {
 	return fmt.Sprintf("shardfill c=%d", r.Concurrency)
 }
 
+// Median returns the result with the median wall time (the slower of the
+// two middle ones for an even count).
+func Median(results []Result) Result {
+	sorted := slices.Clone(results)
+	slices.SortFunc(sorted, func(a, b Result) int { return cmp.Compare(a.Wall, b.Wall) })
+	return sorted[len(sorted)/2]
+}
+
 // RowsPerSec is task_usage rows per second of wall time.
 func (r Result) RowsPerSec() float64 {
 	if r.Wall <= 0 {
@@ -174,9 +184,21 @@ func (r Result) RowsPerSec() float64 {
 	return float64(r.Rows) / r.Wall.Seconds()
 }
 
-// Reset empties the rollup and the dirty queue and puts the watermark back
-// to its default, so every mode starts from the same state.
+// Reset empties the rollup and the dirty queue, puts the watermark back to
+// its default and drops shardfill's checkpoint schema, so every mode starts
+// from the same state: a first backfill. (Kept, the slice tables of the
+// earlier modes' runs would grow with every mode measured, and so would
+// the work of autovacuum during the later ones.)
 func (h *Harness) Reset(ctx context.Context, db *DB) error {
+	if _, err := db.Pool.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{h.schema()}.Sanitize()+` CASCADE`); err != nil {
+		return fmt.Errorf("reset %s: %w", db.Name, err)
+	}
+	return resetRollup(ctx, db)
+}
+
+// resetRollup empties the rollup and the dirty queue and puts the
+// watermark back to its default.
+func resetRollup(ctx context.Context, db *DB) error {
 	_, err := db.Pool.Exec(ctx, `
 		TRUNCATE task_usage_hourly, task_usage_hourly_dirty;
 		UPDATE task_usage_hourly_rollup_state

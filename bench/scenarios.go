@@ -278,7 +278,7 @@ func (h *Harness) Plan1M(ctx context.Context, srv *pgtest.Server, cfg Plan1MConf
 // the run's largest slice on an empty rollup, with auto_explain reporting
 // EXPLAIN ANALYZE back as notices; everything is rolled back.
 func (h *Harness) Explain(ctx context.Context, db *DB, runID int64) (string, error) {
-	if err := h.Reset(ctx, db); err != nil {
+	if err := resetRollup(ctx, db); err != nil {
 		return "", err
 	}
 	cfg, err := pgx.ParseConfig(db.URL)
