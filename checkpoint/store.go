@@ -58,23 +58,6 @@ func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
 	return complete, err
 }
 
-// addColumns gives a slice table created before the per-workspace and
-// per-window totals existed those columns (its runs were planned by other
-// slice SQL and are not resumed). Only then: ALTER TABLE locks the table
-// exclusively even when there is nothing to add, and a process joining a
-// run would queue behind, and deadlock with, the processes working on it.
-func (s *Store) addColumns(ctx context.Context, tx pgx.Tx) error {
-	var have bool
-	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_attribute
-		WHERE attrelid = to_regclass($1) AND attname = 'window_rows' AND NOT attisdropped)`, s.ident+".slice").Scan(&have)
-	if err != nil || have {
-		return err
-	}
-	_, err = tx.Exec(ctx, s.q(`ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint,
-		ADD COLUMN IF NOT EXISTS window_rows bigint`))
-	return err
-}
-
 // lockClass is the first half of the two-key advisory locks that serialise
 // migrations and planning per schema. Two-key locks live in a key space of
 // their own, so they never collide with the cron job's single key 4246.
@@ -116,10 +99,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if err != nil || complete {
 			return err
 		}
-		if _, err := tx.Exec(ctx, s.q(schemaSQL)); err != nil {
-			return err
-		}
-		return s.addColumns(ctx, tx)
+		_, err = tx.Exec(ctx, s.q(schemaSQL))
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("create checkpoint schema %s: %w", s.schema, err)
