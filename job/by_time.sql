@@ -1,7 +1,8 @@
 -- The batch's rollup rows read through time: the usage rows created in
 -- [$2, $3) (the span of the batch's ranges) by the created_at index; then
 -- the tasks those rows name, fetched by primary key in one sorted sweep and
--- kept when their workspace is one of the batch's ($1); then those tasks'
+-- kept when their agent belongs to one of the batch's workspaces ($1; the
+-- batch's agents are hashed once rather than looked up per task); then those tasks'
 -- issues, the same way; and, where the ranges differ from the span, only
 -- the rows inside one of the batch's (workspace $1[i], [$4[i], $5[i]))
 -- ranges (the marker below). Costs what every workspace wrote in the span,
@@ -10,7 +11,9 @@
 -- Each step is materialized so its size is known to the next: left to
 -- itself the planner may walk every task of every agent of the batch's
 -- workspaces, or hash the whole task table, once per window.
-WITH span AS MATERIALIZED (
+WITH batch_agent AS MATERIALIZED (
+    SELECT a.id, a.workspace_id FROM agent a WHERE a.workspace_id = ANY ($1::uuid[])
+), span AS MATERIALIZED (
     SELECT u.created_at, u.task_id, u.provider, u.model,
            u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.cost_usd_ticks
     FROM task_usage u
@@ -19,10 +22,9 @@ WITH span AS MATERIALIZED (
 ), task AS MATERIALIZED (
     SELECT t.id, a.workspace_id, t.runtime_id, t.agent_id, t.issue_id
     FROM agent_task_queue t
-    JOIN agent a ON a.id = t.agent_id
+    JOIN batch_agent a ON a.id = t.agent_id
     WHERE t.id = ANY (ARRAY (SELECT DISTINCT task_id FROM span))
       AND t.runtime_id IS NOT NULL
-      AND a.workspace_id = ANY ($1::uuid[])
 ), project AS MATERIALIZED (
     SELECT i.id, i.project_id
     FROM issue i
