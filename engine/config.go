@@ -15,9 +15,10 @@ type Config struct {
 	// process. Default 4.
 	Concurrency int
 	// Rate limits slices started per second across this process; 0 means
-	// no limit. Default 0.
+	// no limit. Default 0. With a rate, a batch holds at most Burst slices.
 	Rate float64
-	// Burst is the rate limiter's bucket size. Default 1.
+	// Burst is the rate limiter's bucket size: how many slices may start at
+	// once. Default 1.
 	Burst int
 	// SleepBetweenSlices pauses each worker after each slice. Default 0.
 	SleepBetweenSlices time.Duration
@@ -40,7 +41,8 @@ type Config struct {
 	MaxSliceRows int64
 	// BatchRows lets slices of one window share a transaction and one
 	// sweep through the window while their estimated rows stay within it;
-	// each slice is still checkpointed on its own. Default 50 000.
+	// each slice is still checkpointed on its own. Default 100 000 (keep
+	// it above MaxSliceRows so a window is claimed whole).
 	BatchRows int64
 	// BatchSlices caps the slices in one batch. Default 5 000; 1 disables
 	// batching.
@@ -100,6 +102,16 @@ func (c Config) WithDefaults() Config {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// batchSlices is the most slices one claim takes: BatchSlices, or Burst
+// when a rate is set, since every slice of a batch takes a token of the
+// rate limiter before the batch starts and the bucket holds Burst.
+func (c Config) batchSlices() int {
+	if c.Rate > 0 {
+		return min(c.BatchSlices, c.Burst)
+	}
+	return c.BatchSlices
 }
 
 // Validate rejects values no run can use.

@@ -291,7 +291,7 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Res
 		runID:   runID,
 		limiter: rate.NewLimiter(limit, e.cfg.Burst),
 		claim:   checkpoint.Claim{Owner: e.cfg.Owner, PID: lock.pid},
-		limits:  checkpoint.BatchLimits{Rows: e.cfg.BatchRows, Slices: e.cfg.BatchSlices},
+		limits:  checkpoint.BatchLimits{Rows: e.cfg.BatchRows, Slices: e.cfg.batchSlices()},
 		done:    make(chan struct{}),
 	}
 	g, gctx := errgroup.WithContext(ctx)
@@ -339,9 +339,6 @@ const pollInterval = time.Second
 func (w *workers) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed claims
 	for {
-		if err := w.limiter.Wait(ctx); err != nil {
-			return err
-		}
 		batch, err := w.claimBatch(ctx)
 		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
 			failures++
@@ -364,6 +361,13 @@ func (w *workers) loop(ctx context.Context) error {
 				return err
 			}
 			continue
+		}
+		// --rate counts slices, not batches: each slice takes its token
+		// before the batch starts (with a rate, a batch holds at most
+		// --burst slices, so the bucket can always cover it). A cancel
+		// while waiting hands the claimed batch back with the rest.
+		if err := w.limiter.WaitN(ctx, len(batch.Slices)); err != nil {
+			return err
 		}
 		err = w.batch(ctx, *batch)
 		if err != nil {

@@ -91,6 +91,36 @@ func TestRollupMatchesOracle(t *testing.T) {
 	}
 }
 
+// --rate counts slices, not batches: N slices at R slices/s with a bucket
+// of B take at least (N-B)/R, and no batch holds more than B slices.
+func TestRateLimitsSlices(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	const rate, burst = 200.0, 4
+	start := time.Now()
+	res := run(t, newEngine(t, url, nil, engine.Config{Concurrency: 4, Rate: rate, Burst: burst}))
+	took := time.Since(start)
+	n := res.Executed
+	if n < 10*burst {
+		t.Fatalf("only %d slices: too few to see the rate", n)
+	}
+	if least := time.Duration(float64(n-burst) / rate * float64(time.Second)); took < least {
+		t.Errorf("%d slices at --rate %g --burst %d took %s; the rate allows no less than %s", n, rate, burst, took, least)
+	}
+	// The slices of one claim share its transaction's now() as started_at.
+	var biggest int
+	err := pool.QueryRow(context.Background(), `
+		SELECT max(n) FROM (SELECT count(*) AS n FROM shardfill.slice GROUP BY started_at) claims`).Scan(&biggest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if biggest > burst {
+		t.Errorf("a batch held %d slices; with --rate it may hold --burst (%d) at most", biggest, burst)
+	}
+	testenv.RequireOracle(t, pool)
+}
+
 // The session TimeZone must not move a row to another bucket or slice.
 func TestTimeZoneChangesNothing(t *testing.T) {
 	t.Parallel()

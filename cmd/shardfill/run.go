@@ -83,7 +83,7 @@ against one database at once: they share the run.`,
 	fs := cmd.Flags()
 	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "slices in flight at once in this process")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "slices started per second across this process (0 = no limit)")
-	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst")
+	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst: slices that may start at once (with --rate, also the most slices in one batch)")
 	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
 	fs.Int64Var(&cfg.BatchRows, "batch-rows", 100_000, "slices of one window share a transaction up to this many raw rows (each still checkpointed); keep it above --max-slice-rows so a window is claimed whole")
