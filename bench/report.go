@@ -49,7 +49,7 @@ func DescribeMachine(ctx context.Context, db *DB) Machine {
 	}
 	if db != nil {
 		_ = db.Pool.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&m.PGVersion)
-		_ = db.Pool.QueryRow(ctx, `SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+		_ = db.Pool.QueryRow(ctx, `SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name)
 			FROM pg_settings WHERE name IN ('shared_buffers', 'work_mem', 'fsync', 'synchronous_commit', 'max_parallel_workers_per_gather')`).Scan(&m.PGSettings)
 	}
 	return m

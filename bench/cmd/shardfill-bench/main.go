@@ -292,7 +292,7 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 	rep.Notes = append(rep.Notes, "Slice times are claim → commit of the slice's batch (slices claimed together share their batch's time).",
-		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+bench.SharedBuffers+" (the rollup and its indexes outgrow the test default).")
+		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+bench.SharedBuffers()+" (a quarter of the machine's memory: the rollup and its indexes outgrow the test default).")
 	rep.Notes = append(rep.Notes, "Peak RSS is the shardfill process's VmHWM, sampled every 10 ms from /proc. "+
 		"wait4's ru_maxrss (CSV column rusage_maxrss_kib) is not used: Go starts children with vfork semantics and exec "+
 		"records the peak of the replaced address space, i.e. the bench process's own RSS, so it reports at least the bench's size.")
