@@ -339,6 +339,14 @@ const pollInterval = time.Second
 func (w *workers) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed claims
 	for {
+		// --rate counts slices, not batches. The first slice's token is
+		// taken before the claim, so a throttled worker holds no claim
+		// while the bucket is empty; the batch's other slices take theirs
+		// before it starts (with a rate, a batch holds at most --burst
+		// slices, so the bucket can always cover it).
+		if err := w.take(ctx, 1); err != nil {
+			return err
+		}
 		batch, err := w.claimBatch(ctx)
 		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
 			failures++
@@ -362,11 +370,8 @@ func (w *workers) loop(ctx context.Context) error {
 			}
 			continue
 		}
-		// --rate counts slices, not batches: each slice takes its token
-		// before the batch starts (with a rate, a batch holds at most
-		// --burst slices, so the bucket can always cover it). A cancel
-		// while waiting hands the claimed batch back with the rest.
-		if err := w.limiter.WaitN(ctx, len(batch.Slices)); err != nil {
+		// A cancel while waiting hands the claimed batch back with the rest.
+		if err := w.take(ctx, len(batch.Slices)-1); err != nil {
 			return err
 		}
 		err = w.batch(ctx, *batch)
@@ -377,6 +382,21 @@ func (w *workers) loop(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// take waits for n tokens of the rate limiter. The limiter refuses at once
+// a wait that would outlast ctx's deadline; that ends here when the
+// deadline does, so the run stops as interrupted, not failed.
+func (w *workers) take(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	err := w.limiter.WaitN(ctx, n)
+	if _, hasDeadline := ctx.Deadline(); err != nil && ctx.Err() == nil && hasDeadline {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return err
 }
 
 // claimBatch claims the next batch. The claim statement is never cut short

@@ -121,6 +121,23 @@ func TestRateLimitsSlices(t *testing.T) {
 	testenv.RequireOracle(t, pool)
 }
 
+// A deadline that comes before the rate limiter's next token stops the run
+// as interrupted, like any cancellation, not as failed.
+func TestDeadlineWhileThrottledInterrupts(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	e := newEngine(t, url, nil, engine.Config{Concurrency: 1, Rate: 0.1, Burst: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	if _, err := e.Run(ctx); !errors.Is(err, engine.ErrInterrupted) {
+		t.Fatalf("run ended with %v, want an interruption", err)
+	}
+	got, err := e.Store().LatestRun(context.Background())
+	if err != nil || got == nil || got.State != checkpoint.StateInterrupted {
+		t.Fatalf("run stored as %+v (%v), want %s", got, err, checkpoint.StateInterrupted)
+	}
+}
+
 // The session TimeZone must not move a row to another bucket or slice.
 func TestTimeZoneChangesNothing(t *testing.T) {
 	t.Parallel()
