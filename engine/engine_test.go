@@ -127,7 +127,7 @@ func TestDeadlineWhileThrottledInterrupts(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	e := newEngine(t, url, nil, engine.Config{Concurrency: 1, Rate: 0.1, Burst: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := e.Run(ctx); !errors.Is(err, engine.ErrInterrupted) {
 		t.Fatalf("run ended with %v, want an interruption", err)
