@@ -11,8 +11,9 @@ import (
 
 // Config tunes a run. The zero value of every field means its default.
 type Config struct {
-	// Concurrency is the number of slices in flight at once in this
-	// process. Default 4.
+	// Concurrency is the number of workers in this process, each running
+	// one batch of slices (one window's slices, see BatchSlices) at a time:
+	// the slices in flight when batches hold one slice. Default 4.
 	Concurrency int
 	// Rate limits slices started per second across this process; 0 means
 	// no limit. Default 0. With a rate, a batch holds at most Burst slices.

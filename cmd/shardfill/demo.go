@@ -34,7 +34,7 @@ is touched.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "slices in flight at once")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "workers, each running one batch of slices at a time")
 	fs.IntVar(&gen.Workspaces, "workspaces", gen.Workspaces, "workspaces in the synthetic history")
 	fs.IntVar(&gen.Months, "months", gen.Months, "months of synthetic history")
 	fs.IntVar(&gen.Rows, "rows", gen.Rows, "task_usage rows in the synthetic history (about)")

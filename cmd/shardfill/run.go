@@ -81,7 +81,7 @@ against one database at once: they share the run.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "slices in flight at once in this process")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "workers in this process, each running one batch of slices at a time (slices in flight with --batch-slices 1)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "slices started per second across this process (0 = no limit)")
 	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst: slices that may start at once (with --rate, also the most slices in one batch)")
 	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
