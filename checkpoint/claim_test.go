@@ -23,30 +23,77 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // between two batches, which would make both read all of it.
 func TestSimultaneousClaimsDoNotSplitWindows(t *testing.T) {
 	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	// The race is a matter of timing: several fresh runs give it several
+	// chances to show.
+	for range 4 {
+		run, windows, batches := claimAllAtOnce(t, pool, store, pid, checkpoint.BatchLimits{Rows: 1 << 40, Slices: 1 << 20})
+		seen := map[[2]time.Time]int{}
+		slices := 0
+		for _, b := range batches {
+			lo, hi := b.Bounds()
+			seen[[2]time.Time{lo.UTC(), hi.UTC()}]++
+			slices += len(b.Slices)
+		}
+		for w, n := range seen {
+			if n > 1 {
+				t.Errorf("window %s..%s was split into %d batches", w[0].Format(time.DateOnly), w[1].Format(time.DateOnly), n)
+			}
+		}
+		if len(seen) != windows || int64(slices) != run.SlicesTotal {
+			t.Fatalf("claimed %d slices in %d windows; the run has %d slices in %d windows", slices, len(seen), run.SlicesTotal, windows)
+		}
+	}
+}
+
+// Claims of one slice each do not take turns (they cannot split a
+// window); racing, they still never hand one slice to two workers.
+func TestSimultaneousSingleClaimsTakeEachSliceOnce(t *testing.T) {
+	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	for range 4 {
+		run, _, batches := claimAllAtOnce(t, pool, store, pid, checkpoint.BatchLimits{Rows: 1 << 40, Slices: 1})
+		owners := map[int64]int{}
+		for _, b := range batches {
+			if len(b.Slices) != 1 {
+				t.Fatalf("a claim limited to one slice took %d", len(b.Slices))
+			}
+			owners[b.Slices[0].ID]++
+		}
+		for id, n := range owners {
+			if n > 1 {
+				t.Errorf("slice %d was claimed %d times", id, n)
+			}
+		}
+		if int64(len(owners)) != run.SlicesTotal {
+			t.Fatalf("claimed %d distinct slices; the run has %d", len(owners), run.SlicesTotal)
+		}
+	}
+}
+
+// claimSetup gives the claim tests a small history, a checkpoint store and
+// the pid of a connection holding the cron lock: the workers' claims name
+// it, as the engine's do, or their slices would look abandoned at once.
+func claimSetup(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, int) {
+	t.Helper()
 	ctx := context.Background()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url+"&pool_max_conns=16")
 	store := checkpoint.New(pool, "shardfill")
-	// The workers' claims name a lock connection that holds the cron lock,
-	// as the engine's do: otherwise their slices look abandoned at once.
 	lockConn := testenv.Conn(t, url)
 	if _, err := lockConn.Exec(ctx, `SELECT pg_advisory_lock_shared(4246)`); err != nil {
 		t.Fatal(err)
 	}
-	pid := int(lockConn.PgConn().PID())
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The race is a matter of timing: several fresh runs give it several
-	// chances to show.
-	for range 4 {
-		claimAllAtOnce(t, pool, store, pid)
-	}
+	return pool, store, int(lockConn.PgConn().PID())
 }
 
-// claimAllAtOnce plans a new run and has workers claim all of it, starting
-// together, and fails the test if a window went to more than one batch.
-func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, pid int) {
+// claimAllAtOnce plans a new run and has 16 workers claim all of it within
+// limits, starting together. It returns the run, its number of windows and
+// every batch claimed.
+func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, pid int, limits checkpoint.BatchLimits) (*checkpoint.Run, int, []shard.Batch) {
 	t.Helper()
 	ctx := context.Background()
 	var h job.Hourly
@@ -62,7 +109,6 @@ func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, p
 		t.Fatalf("the plan has %d windows; the test needs at least 8", windows)
 	}
 
-	// Every worker claims until nothing is left, all starting together.
 	const workers = 16
 	var (
 		mu      sync.Mutex
@@ -77,8 +123,7 @@ func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, p
 			defer wg.Done()
 			<-start
 			for {
-				b, err := store.Claim(ctx, run.ID, checkpoint.Claim{Owner: fmt.Sprintf("w%d", i), PID: pid},
-					checkpoint.BatchLimits{Rows: 1 << 40, Slices: 1 << 20}, time.Hour)
+				b, err := store.Claim(ctx, run.ID, checkpoint.Claim{Owner: fmt.Sprintf("w%d", i), PID: pid}, limits, time.Hour)
 				if err != nil {
 					errs <- err
 					return
@@ -98,22 +143,7 @@ func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, p
 	for err := range errs {
 		t.Fatal(err)
 	}
-
-	seen := map[[2]time.Time]int{}
-	slices := 0
-	for _, b := range batches {
-		lo, hi := b.Bounds()
-		seen[[2]time.Time{lo.UTC(), hi.UTC()}]++
-		slices += len(b.Slices)
-	}
-	for w, n := range seen {
-		if n > 1 {
-			t.Errorf("window %s..%s was split into %d batches", w[0].Format(time.DateOnly), w[1].Format(time.DateOnly), n)
-		}
-	}
-	if len(seen) != windows || int64(slices) != run.SlicesTotal {
-		t.Fatalf("claimed %d slices in %d windows; the run has %d slices in %d windows", slices, len(seen), run.SlicesTotal, windows)
-	}
+	return run, windows, batches
 }
 
 // Migrate completes a checkpoint schema made by an older version (here:

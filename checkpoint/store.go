@@ -308,9 +308,9 @@ type BatchLimits struct {
 // one sweep. When nothing is pending it takes over one slice whose owner is
 // gone: lease expired, or its lock connection no longer holds the cron lock.
 func (s *Store) Claim(ctx context.Context, runID int64, c Claim, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
-	got, cost, err := s.claim(ctx, claimPendingSQL, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	got, cost, err := s.claim(ctx, claimPendingSQL, limits.Slices <= 1, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
-		got, cost, err = s.claim(ctx, claimAbandonedSQL, runID, c, lease)
+		got, cost, err = s.claim(ctx, claimAbandonedSQL, true, runID, c, lease)
 	}
 	if err != nil || len(got) == 0 {
 		return nil, err
@@ -390,9 +390,12 @@ type readCost struct {
 // Claims of one run take turns (a transaction-level advisory lock, taken
 // before the claim statement's snapshot): racing claims could each skip
 // the slices the others had just locked and split a window between
-// workers, each of which then reads the whole window. The transaction
-// travels in one round trip.
-func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, readCost, error) {
+// workers, each of which then reads the whole window. A claim of one slice
+// (single) splits nothing and skips the turn: with one slice per batch
+// every slice needs a claim, and a pool of workers queueing for the turn
+// idles while the holder waits for a core. The transaction travels in one
+// round trip.
+func (s *Store) claim(ctx context.Context, sql string, single bool, runID int64, c Claim, lease time.Duration, extra ...any) ([]shard.Slice, readCost, error) {
 	conn, err := s.db.Acquire(ctx)
 	if err != nil {
 		return nil, readCost{}, fmt.Errorf("claim slices: %w", err)
@@ -400,7 +403,9 @@ func (s *Store) claim(ctx context.Context, sql string, runID int64, c Claim, lea
 	defer conn.Release()
 	var b pgx.Batch
 	b.Queue(`BEGIN`)
-	b.Queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, fmt.Sprintf("claim:%s:%d", s.schema, runID))
+	if !single {
+		b.Queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClass, fmt.Sprintf("claim:%s:%d", s.schema, runID))
+	}
 	var got []shard.Slice
 	var cost readCost
 	b.Queue(s.q(sql), append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)...).Query(func(rows pgx.Rows) error {
