@@ -138,6 +138,26 @@ func TestTargetsFromResults(t *testing.T) {
 	}
 }
 
+// The size ratio compares large with medium and says where medium's time
+// came from; the limit's own ratio rides along.
+func TestSizeRatioTarget(t *testing.T) {
+	t.Parallel()
+	r := &Report{Size: "large", Results: []Result{
+		{Mode: ModeLimit, Wall: 40 * time.Second, Rows: 4000},
+		{Mode: ModeShardfill, Concurrency: 2, Wall: 30 * time.Second, Rows: 4000},
+	}, MediumWall: map[int]time.Duration{2: 7 * time.Second}, MediumLimit: 10 * time.Second, MediumSameRun: true}
+	var got *Target
+	for _, tg := range r.Targets() {
+		if strings.HasPrefix(tg.Name, "large / medium time (shardfill c=2") {
+			got = &tg
+		}
+	}
+	want := "large / medium time (shardfill c=2; medium measured in this run; the limit itself: 4.00)"
+	if got == nil || got.Name != want || got.Got != "4.29" || got.Status != "met" {
+		t.Fatalf("size ratio target = %+v, want %q at 4.29, met", got, want)
+	}
+}
+
 // TestLimitAndSerialMatchTheOracle checks both references on a small
 // history: a reference that computed something else would make every
 // comparison meaningless.

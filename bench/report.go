@@ -65,13 +65,16 @@ type Report struct {
 	DataSet   string
 	Results   []Result // main comparison, one data set
 	Scenarios []Result
-	// MediumWall is the wall time of shardfill per concurrency in
-	// results/medium.csv, for the large/medium target; empty if unknown.
+	// MediumWall is the medium size's shardfill wall time per concurrency,
+	// for the large/medium target; empty if unknown.
 	MediumWall map[int]time.Duration
-	// MediumLimit is the limit's wall time in results/medium.csv, to show
-	// how the single statement itself scales; 0 if unknown.
+	// MediumLimit is the medium size's limit wall time, to show how the
+	// single statement itself scales; 0 if unknown.
 	MediumLimit time.Duration
-	Notes       []string
+	// MediumSameRun: the two fields above were measured in this run,
+	// interleaved with this size, rather than read from medium.csv.
+	MediumSameRun bool
+	Notes         []string
 }
 
 func (r *Report) find(mode string, c int) (Result, bool) {
@@ -174,6 +177,11 @@ func (r *Report) Targets() []Target {
 		limitRatio := "limit not measured on both"
 		if l, ok := r.find(ModeLimit, 0); ok && r.MediumLimit > 0 {
 			limitRatio = fmt.Sprintf("the limit itself: %.2f", l.Wall.Seconds()/r.MediumLimit.Seconds())
+		}
+		if r.MediumSameRun {
+			limitRatio = "medium measured in this run; " + limitRatio
+		} else {
+			limitRatio = "medium from medium.csv; " + limitRatio
 		}
 		for _, c := range []int{2, 1, 4} {
 			res, ok := r.find(ModeShardfill, c)

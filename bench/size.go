@@ -24,6 +24,10 @@ type Size struct {
 	Scenarios []string
 	// Rounds of the limit and shardfill modes (median reported); 0 means 1.
 	Rounds int
+	// ScaleWith names a smaller size measured in the same run, round by
+	// round with this one, for the time-ratio target: sizes run in
+	// separate invocations minutes apart compare two states of the machine.
+	ScaleWith string
 }
 
 // Sizes are the data sets of `-size`. Seeds are fixed: same size, same rows.
@@ -48,6 +52,7 @@ var Sizes = []Size{
 		Fixture: fixture.Config{Seed: 3, Workspaces: 2_000, Months: 24, Rows: 4_000_000,
 			Skew: 1.1, End: historyEnd},
 		SerialMonths: 2,
+		ScaleWith:    "medium",
 	},
 }
 

@@ -49,6 +49,7 @@ type options struct {
 	scenarios    []string
 	serialMonths int
 	rounds       int
+	scaleWith    string
 	extraArgs    []string
 	explain      bool
 	latency      bench.LatencyConfig
@@ -68,6 +69,7 @@ func parse(args []string) (*options, error) {
 	scen := fs.String("scenarios", "default", "extra scenarios: latency,skew,plan1m, all, none, or default (the size's: medium runs all)")
 	fs.IntVar(&o.serialMonths, "serial-months", -1, "months the serial reference runs on, the rest extrapolated (0 = all; -1 = the size's default)")
 	fs.IntVar(&o.rounds, "rounds", 0, "rounds of limit and shardfill, interleaved; each is reported by its median (0 = the size's default)")
+	scaleWith := fs.String("scale-with", "default", "a smaller size measured in the same run, interleaved, for the size ratio (none; default: the size's, medium for large)")
 	extra := fs.String("args", "", "extra flags for every `shardfill run`, e.g. \"--batch-rows 5000\"")
 	fs.BoolVar(&o.explain, "explain", true, "write <size>-explain.txt: EXPLAIN ANALYZE of the largest slice's statements")
 	fs.IntVar(&o.latency.Fixture.Workspaces, "latency-workspaces", o.latency.Fixture.Workspaces, "latency scenario: workspaces")
@@ -119,6 +121,19 @@ func parse(args []string) (*options, error) {
 	}
 	if o.serialMonths < 0 {
 		o.serialMonths = size.SerialMonths
+	}
+	switch *scaleWith {
+	case "default":
+		o.scaleWith = size.ScaleWith
+	case "none", "":
+	default:
+		if _, err := bench.SizeByName(*scaleWith); err != nil {
+			return nil, fmt.Errorf("%w: -scale-with: %w", errUsage, err)
+		}
+		if *scaleWith == o.size {
+			return nil, fmt.Errorf("%w: -scale-with names the size being measured", errUsage)
+		}
+		o.scaleWith = *scaleWith
 	}
 	o.extraArgs = strings.Fields(*extra)
 	return o, nil
@@ -195,55 +210,44 @@ func run(ctx context.Context, args []string) error {
 			st.MinCreated.Format("2006-01-02"), st.MaxCreated.Format("2006-01-02"), db.GenerateTime.Round(time.Millisecond)),
 	}
 
+	// The smaller size of the size-ratio target lives in the same server
+	// and is measured in the same rounds.
+	var small *bench.DB
+	if o.scaleWith != "" {
+		ssize, err := bench.SizeByName(o.scaleWith)
+		if err != nil {
+			return err
+		}
+		scfg := ssize.Fixture.WithDefaults()
+		fmt.Fprintf(os.Stderr, "%s  %s: generating %s for the size ratio, measured in the same rounds\n",
+			time.Now().Format("15:04:05"), o.size, o.scaleWith)
+		if small, err = bench.GenerateDB(ctx, srv, "bench_"+o.scaleWith, scfg); err != nil {
+			return err
+		}
+		defer small.Close()
+	}
+
 	// Limit and shardfill run in interleaved rounds, so a slow spell of the
 	// machine hits every mode alike, and each is reported by its median
 	// round. Serial, minutes long, runs once.
 	var lastRun int64
-	rounds := map[string][]bench.Result{}
-	var order []string
-	keep := func(res bench.Result) {
-		key := res.Label()
-		if _, ok := rounds[key]; !ok {
-			order = append(order, key)
-		}
-		rounds[key] = append(rounds[key], res)
-	}
+	main, scaled := newRounds(), newRounds()
 	for round := 1; round <= o.rounds; round++ {
 		if o.rounds > 1 {
 			fmt.Fprintf(os.Stderr, "%s  %s: round %d of %d\n", time.Now().Format("15:04:05"), o.size, round, o.rounds)
 		}
-		for _, mode := range o.modes {
-			switch mode {
-			case bench.ModeLimit:
-				res, err := h.Limit(ctx, db)
-				if err != nil {
-					return err
-				}
-				keep(res)
-			case bench.ModeSerial:
-				if round > 1 {
-					continue
-				}
-				res, err := h.Serial(ctx, db, o.serialMonths)
-				if err != nil {
-					return err
-				}
-				keep(res)
-			case bench.ModeShardfill:
-				for _, c := range o.concurrency {
-					res, err := h.Shardfill(ctx, db, c)
-					if err != nil {
-						return err
-					}
-					lastRun = res.RunID
-					keep(res)
-				}
+		runID, err := measure(ctx, h, o, db, round, main)
+		if err != nil {
+			return err
+		}
+		lastRun = max(lastRun, runID)
+		if small != nil {
+			if _, err := measure(ctx, h, o, small, 0, scaled); err != nil {
+				return err
 			}
 		}
 	}
-	for _, key := range order {
-		rep.Results = append(rep.Results, bench.Median(rounds[key]))
-	}
+	rep.Results = main.medians()
 	if o.rounds > 1 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("limit and shardfill ran in %d interleaved rounds; each row is the round with the median wall time (all rounds in the log).", o.rounds))
 	}
@@ -284,7 +288,20 @@ func run(ctx context.Context, args []string) error {
 		}
 	}
 
-	if o.size == "large" {
+	if small != nil {
+		rep.MediumSameRun = true
+		rep.MediumWall = map[int]time.Duration{}
+		for _, res := range scaled.medians() {
+			switch res.Mode {
+			case bench.ModeLimit:
+				rep.MediumLimit = res.Wall
+			case bench.ModeShardfill:
+				rep.MediumWall[res.Concurrency] = res.Wall
+			}
+		}
+		rep.Notes = append(rep.Notes, fmt.Sprintf("Size ratio: %s (%d usage rows, checked against its oracle) was measured in this run, "+
+			"each round right after this size's, in the same server; its medians: %s.", o.scaleWith, small.Stats.Usage, scaled.summary()))
+	} else if o.size == "large" {
 		rep.MediumLimit = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeLimit, 0)
 		rep.MediumWall = map[int]time.Duration{}
 		for _, c := range o.concurrency {
@@ -306,4 +323,74 @@ func run(ctx context.Context, args []string) error {
 	fmt.Print(rep.Markdown())
 	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(o.out, o.size+".md"))
 	return nil
+}
+
+// rounds collects each mode's results over the rounds, in first-seen order.
+type rounds struct {
+	order []string
+	byKey map[string][]bench.Result
+}
+
+func newRounds() *rounds { return &rounds{byKey: map[string][]bench.Result{}} }
+
+func (r *rounds) keep(res bench.Result) {
+	key := res.Label()
+	if _, ok := r.byKey[key]; !ok {
+		r.order = append(r.order, key)
+	}
+	r.byKey[key] = append(r.byKey[key], res)
+}
+
+// medians is each mode's median round.
+func (r *rounds) medians() []bench.Result {
+	var out []bench.Result
+	for _, key := range r.order {
+		out = append(out, bench.Median(r.byKey[key]))
+	}
+	return out
+}
+
+// summary lists the medians as "mode wall", for a note.
+func (r *rounds) summary() string {
+	var parts []string
+	for _, res := range r.medians() {
+		parts = append(parts, fmt.Sprintf("%s %.2f s", res.Label(), res.Wall.Seconds()))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// measure runs one round of the modes on db into r and returns the last
+// shardfill run's id. Serial, minutes long, runs in round 1 only (round 0:
+// never).
+func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, round int, r *rounds) (int64, error) {
+	var lastRun int64
+	for _, mode := range o.modes {
+		switch mode {
+		case bench.ModeLimit:
+			res, err := h.Limit(ctx, db)
+			if err != nil {
+				return 0, err
+			}
+			r.keep(res)
+		case bench.ModeSerial:
+			if round != 1 {
+				continue
+			}
+			res, err := h.Serial(ctx, db, o.serialMonths)
+			if err != nil {
+				return 0, err
+			}
+			r.keep(res)
+		case bench.ModeShardfill:
+			for _, c := range o.concurrency {
+				res, err := h.Shardfill(ctx, db, c)
+				if err != nil {
+					return 0, err
+				}
+				lastRun = res.RunID
+				r.keep(res)
+			}
+		}
+	}
+	return lastRun, nil
 }
