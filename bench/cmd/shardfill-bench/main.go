@@ -231,12 +231,12 @@ func run(ctx context.Context, args []string) error {
 	// machine hits every mode alike, and each is reported by its median
 	// round. Serial, minutes long, runs once.
 	var lastRun int64
-	main, scaled := newRounds(), newRounds()
+	this, scaled := newRounds(), newRounds()
 	for round := 1; round <= o.rounds; round++ {
 		if o.rounds > 1 {
 			fmt.Fprintf(os.Stderr, "%s  %s: round %d of %d\n", time.Now().Format("15:04:05"), o.size, round, o.rounds)
 		}
-		runID, err := measure(ctx, h, o, db, round, main)
+		runID, err := measure(ctx, h, o, db, round, this)
 		if err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func run(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	rep.Results = main.medians()
+	rep.Results = this.medians()
 	if o.rounds > 1 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("limit and shardfill ran in %d interleaved rounds; each row is the round with the median wall time (all rounds in the log).", o.rounds))
 	}
