@@ -236,13 +236,13 @@ func run(ctx context.Context, args []string) error {
 		if o.rounds > 1 {
 			fmt.Fprintf(os.Stderr, "%s  %s: round %d of %d\n", time.Now().Format("15:04:05"), o.size, round, o.rounds)
 		}
-		runID, err := measure(ctx, h, o, db, round, this)
+		runID, err := measure(ctx, h, o, db, round == 1, this)
 		if err != nil {
 			return err
 		}
 		lastRun = max(lastRun, runID)
 		if small != nil {
-			if _, err := measure(ctx, h, o, small, 0, scaled); err != nil {
+			if _, err := measure(ctx, h, o, small, false, scaled); err != nil {
 				return err
 			}
 		}
@@ -360,9 +360,9 @@ func (r *rounds) summary() string {
 }
 
 // measure runs one round of the modes on db into r and returns the last
-// shardfill run's id. Serial, minutes long, runs in round 1 only (round 0:
-// never).
-func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, round int, r *rounds) (int64, error) {
+// shardfill run's id. Serial, minutes long, runs only when withSerial (the
+// first round of the measured size).
+func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, withSerial bool, r *rounds) (int64, error) {
 	var lastRun int64
 	for _, mode := range o.modes {
 		switch mode {
@@ -373,7 +373,7 @@ func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, ro
 			}
 			r.keep(res)
 		case bench.ModeSerial:
-			if round != 1 {
+			if !withSerial {
 				continue
 			}
 			res, err := h.Serial(ctx, db, o.serialMonths)
