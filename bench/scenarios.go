@@ -303,6 +303,12 @@ func (h *Harness) Explain(ctx context.Context, db *DB, runID int64) (string, err
 	if err != nil {
 		return "", fmt.Errorf("explain: largest slice: %w", err)
 	}
+	// The statements the engine runs, which count tasks as its preflight
+	// found it may (before auto_explain, which would report the preflight).
+	j := new(job.Hourly)
+	if err := j.Preflight(ctx, conn); err != nil {
+		return "", fmt.Errorf("explain: %w", err)
+	}
 	if _, err := conn.Exec(ctx, `LOAD 'auto_explain'`); err != nil {
 		return "", fmt.Errorf("explain: %w", err)
 	}
@@ -316,7 +322,7 @@ func (h *Harness) Explain(ctx context.Context, db *DB, runID int64) (string, err
 	}
 	fmt.Fprintf(&buf, "# largest slice of run %d: %s, est_rows %d, on an empty rollup\n\n", runID, sl, sl.EstRows)
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := (job.Hourly{}).Apply(ctx, tx, sl); err != nil {
+		if _, err := j.Apply(ctx, tx, sl); err != nil {
 			return err
 		}
 		return errRollback

@@ -25,7 +25,9 @@ type Job interface {
 	// Version identifies the slice logic; a run is only resumed by the
 	// same version.
 	Version() string
-	// Preflight checks, without writing, that the database is ready.
+	// Preflight checks, without writing, that the database is ready; the
+	// job may also learn from it what its statements can rely on. It runs
+	// before any batch is queued.
 	Preflight(ctx context.Context, q job.Querier) error
 	// PlanSQL lists the slices (see checkpoint.PlanSpec.SourceSQL).
 	PlanSQL() string

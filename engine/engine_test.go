@@ -35,7 +35,7 @@ func newEngine(t *testing.T, url string, j engine.Job, cfg engine.Config) *engin
 		cfg.Logger = quiet
 	}
 	if j == nil {
-		j = job.Hourly{}
+		j = new(job.Hourly)
 	}
 	e, err := engine.New(testenv.Pool(t, url), "shardfill", j, &cfg)
 	if err != nil {
@@ -55,7 +55,7 @@ func run(t *testing.T, e *engine.Engine) *engine.Result {
 
 func watermark(t *testing.T, q job.Querier) time.Time {
 	t.Helper()
-	at, err := job.Hourly{}.Watermark(context.Background(), q)
+	at, err := new(job.Hourly).Watermark(context.Background(), q)
 	if err != nil || at == nil {
 		t.Fatalf("watermark: %v %v", at, err)
 	}
@@ -359,7 +359,7 @@ type failingJob struct {
 	workspace string
 }
 
-func (f failingJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+func (f *failingJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 	if slices.ContainsFunc(w.Slices, func(s shard.Slice) bool { return s.Workspace == f.workspace }) {
 		b.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
 		return
@@ -401,7 +401,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT workspace_id::text FROM task_usage_hourly LIMIT 1`).Scan(&ws); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newEngine(t, url, failingJob{workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
+	_, err := newEngine(t, url, &failingJob{workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) || failed.Failed == 0 {
 		t.Fatalf("want FailedError, got %v", err)
@@ -434,7 +434,7 @@ func TestFailedSlicesThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := newEngine(t, url, failingJob{workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
+	res, err := newEngine(t, url, &failingJob{workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)
@@ -654,7 +654,7 @@ func BenchmarkRun(b *testing.B) {
 				b.Fatal(err)
 			}
 			cfg := engine.Config{Concurrency: conc, NewRun: true, Logger: quiet}
-			e, err := engine.New(pool, "shardfill", job.Hourly{}, &cfg)
+			e, err := engine.New(pool, "shardfill", new(job.Hourly), &cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -678,7 +678,7 @@ type stallJob struct {
 	released chan struct{}
 }
 
-func (s stallJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+func (s *stallJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 	if len(w.Slices) > 1 {
 		first := false
 		s.once.Do(func() { first = true })
@@ -697,7 +697,7 @@ func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	j := stallJob{once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
+	j := &stallJob{once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
 	var lost atomic.Int64
 	e := newEngine(t, url, j, engine.Config{Concurrency: 2, Lease: time.Hour, BatchRows: 400, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceLost {

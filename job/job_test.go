@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 	t.Helper()
 	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows, read_from FROM (`+
-		job.Hourly{}.PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows)
+		new(job.Hourly).PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,11 +43,21 @@ func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 	return got
 }
 
-// apply replaces the buckets of one batch of slices, forcing the time path
-// or the workspace path through the estimates the job chooses by.
-func apply(t *testing.T, pool *pgxpool.Pool, slices []shard.Slice, timePath bool) {
+// preflighted is a job that has read what the database guarantees, as the
+// engine's is before it queues a batch.
+func preflighted(t *testing.T, pool *pgxpool.Pool) *job.Hourly {
 	t.Helper()
-	ctx := context.Background()
+	h := new(job.Hourly)
+	if err := h.Preflight(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// batchOf is a batch of slices that takes the time path or the workspace
+// path through the estimates the job chooses by.
+func batchOf(t *testing.T, slices []shard.Slice, timePath bool) shard.Batch {
+	t.Helper()
 	b, err := shard.NewBatch(slices)
 	if err != nil {
 		t.Fatal(err)
@@ -55,10 +66,19 @@ func apply(t *testing.T, pool *pgxpool.Pool, slices []shard.Slice, timePath bool
 	if timePath {
 		b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
 	}
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	return b
+}
+
+// apply replaces the buckets of one batch of slices with h's statements,
+// forcing the time path or the workspace path.
+func apply(t *testing.T, pool *pgxpool.Pool, h *job.Hourly, slices []shard.Slice, timePath bool) {
+	t.Helper()
+	ctx := context.Background()
+	b := batchOf(t, slices, timePath)
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		var batch pgx.Batch
 		var written int64
-		job.Hourly{}.Queue(&batch, b, &written)
+		h.Queue(&batch, b, &written)
 		return tx.SendBatch(ctx, &batch).Close()
 	})
 	if err != nil {
@@ -66,23 +86,100 @@ func apply(t *testing.T, pool *pgxpool.Pool, slices []shard.Slice, timePath bool
 	}
 }
 
-// Both access paths write exactly the oracle's rows: every slice is
-// applied once through the workspace path and once through the time path
-// (the second replaces the first), then the rollup is compared.
+// Both access paths write exactly the oracle's rows, counting tasks either
+// way: every slice is applied through the workspace path and through the
+// time path (each replaces the last), then the rollup is compared.
 func TestBothAccessPathsMatchOracle(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
 	slices := plan(t, pool, 200)
-	for _, path := range []string{"workspace", "time"} {
-		for _, s := range slices {
-			apply(t, pool, []shard.Slice{s}, path == "time")
+	for _, h := range []*job.Hourly{new(job.Hourly), preflighted(t, pool)} {
+		for _, path := range []string{"workspace", "time"} {
+			for _, s := range slices {
+				apply(t, pool, h, []shard.Slice{s}, path == "time")
+			}
+			testenv.RequireOracle(t, pool)
+			if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET input_tokens = input_tokens + 1`); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// countsRows reports whether h's batch statements count tasks as rows
+// rather than with DISTINCT, on both access paths.
+func countsRows(t *testing.T, h *job.Hourly, s shard.Slice) bool {
+	t.Helper()
+	var rows, distinct int
+	for _, timePath := range []bool{false, true} {
+		var b pgx.Batch
+		var written int64
+		h.Queue(&b, batchOf(t, []shard.Slice{s}, timePath), &written)
+		for _, q := range b.QueuedQueries {
+			if strings.Contains(q.SQL, "count(DISTINCT u.task_id)") {
+				distinct++
+			} else if strings.Contains(q.SQL, "AS task_count") {
+				rows++
+			}
+		}
+	}
+	if rows+distinct != 2 || (rows != 0 && distinct != 0) {
+		t.Fatalf("want both paths' inserts counting tasks one way: %d by rows, %d distinct", rows, distinct)
+	}
+	return rows == 2
+}
+
+// Tasks are counted as rows only where task_usage's unique key makes that
+// exact; without such a key, where a task has two usage rows of one
+// provider and model in one hour, the rollup still matches the oracle.
+func TestTaskCountFollowsUsageKey(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	ctx := context.Background()
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	slices := plan(t, pool, 200)
+	if !countsRows(t, preflighted(t, pool), slices[0]) {
+		t.Fatal("the multica unique key (task_id, provider, model) should let tasks be counted as rows")
+	}
+	if countsRows(t, new(job.Hourly), slices[0]) {
+		t.Fatal("a job that has not read the catalog must count distinct tasks")
+	}
+	// A key column that may be NULL repeats (NULLs are distinct to it).
+	exec(`ALTER TABLE task_usage ALTER COLUMN model DROP NOT NULL`)
+	if countsRows(t, preflighted(t, pool), slices[0]) {
+		t.Fatal("a unique key over a nullable column was trusted")
+	}
+	exec(`ALTER TABLE task_usage ALTER COLUMN model SET NOT NULL`)
+	// A unique key that also holds created_at allows a task two rows of one
+	// provider and model in one hour; make some.
+	exec(`ALTER TABLE task_usage DROP CONSTRAINT uq_task_usage_task_provider_model`)
+	exec(`CREATE UNIQUE INDEX task_usage_wider_key ON task_usage (task_id, provider, model, created_at)`)
+	h := preflighted(t, pool)
+	if countsRows(t, h, slices[0]) {
+		t.Fatal("a unique key wider than (task_id, provider, model) was trusted")
+	}
+	tag, err := pool.Exec(ctx, `
+		INSERT INTO task_usage (id, task_id, provider, model, input_tokens, output_tokens, cost_usd_ticks, created_at)
+		SELECT gen_random_uuid(), task_id, provider, model, 1, 2, cost_usd_ticks,
+		       date_trunc('hour', created_at) + (created_at - date_trunc('hour', created_at)) / 2
+		FROM task_usage
+		WHERE created_at <> date_trunc('hour', created_at) AND random() < 0.2`)
+	if err != nil || tag.RowsAffected() == 0 {
+		t.Fatalf("duplicating usage rows: %v (%d rows)", err, tag.RowsAffected())
+	}
+	for _, timePath := range []bool{false, true} {
+		for _, s := range plan(t, pool, 200) {
+			apply(t, pool, h, []shard.Slice{s}, timePath)
 		}
 		testenv.RequireOracle(t, pool)
-		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET input_tokens = input_tokens + 1`); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -159,13 +256,13 @@ func TestPreflight(t *testing.T) {
 	url := testenv.DB(t, nil)
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
-	if err := (job.Hourly{}).Preflight(ctx, pool); err != nil {
+	if err := new(job.Hourly).Preflight(ctx, pool); err != nil {
 		t.Fatalf("complete schema refused: %v", err)
 	}
 	if _, err := pool.Exec(ctx, `DROP TABLE task_usage_hourly_rollup_state; DROP FUNCTION task_usage_hour_bucket(timestamptz) CASCADE`); err != nil {
 		t.Fatal(err)
 	}
-	err := job.Hourly{}.Preflight(ctx, pool)
+	err := new(job.Hourly).Preflight(ctx, pool)
 	var missing *job.MissingError
 	if !errors.As(err, &missing) || len(missing.Missing) < 2 {
 		t.Fatalf("want both missing pieces named, got %v", err)
@@ -180,6 +277,7 @@ func TestMultiSliceBatchesMatchOracle(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
 	slices := plan(t, pool, 300)
+	h := preflighted(t, pool)
 	byMonth, byWorkspace := map[time.Time][]shard.Slice{}, map[string][]shard.Slice{}
 	for _, s := range slices {
 		m := shard.MonthStart(s.From)
@@ -188,14 +286,14 @@ func TestMultiSliceBatchesMatchOracle(t *testing.T) {
 	}
 	for _, timePath := range []bool{true, false} {
 		for _, group := range byMonth {
-			apply(t, pool, group, timePath)
+			apply(t, pool, h, group, timePath)
 		}
 		testenv.RequireOracle(t, pool)
 		if _, err := pool.Exec(ctx, `UPDATE task_usage_hourly SET event_count = event_count + 1`); err != nil {
 			t.Fatal(err)
 		}
 		for _, group := range byWorkspace {
-			apply(t, pool, group, timePath)
+			apply(t, pool, h, group, timePath)
 		}
 		testenv.RequireOracle(t, pool)
 	}

@@ -115,7 +115,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 	if err != nil {
 		return err
 	}
-	watermark, err := job.Hourly{}.Watermark(ctx, pool)
+	watermark, err := new(job.Hourly).Watermark(ctx, pool)
 	if err != nil {
 		return err
 	}

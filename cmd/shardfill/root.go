@@ -155,7 +155,7 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 		return nil, nil, err
 	}
 	cfg.Logger = g.log
-	e, err := engine.New(pool, g.schema, job.Hourly{}, &cfg)
+	e, err := engine.New(pool, g.schema, new(job.Hourly), &cfg)
 	if err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -421,7 +421,7 @@ func requireNotStamped(t *testing.T, pool *pgxpool.Pool) {
 	if n := qint(t, pool, `SELECT count(*) FROM stamp_log`); n != 0 {
 		t.Fatalf("watermark stamped %d times by a run that did not finish", n)
 	}
-	wm, err := job.Hourly{}.Watermark(context.Background(), pool)
+	wm, err := new(job.Hourly).Watermark(context.Background(), pool)
 	if err != nil || wm == nil || !wm.Equal(epoch) {
 		t.Fatalf("watermark %v (%v), want untouched", wm, err)
 	}
@@ -436,7 +436,7 @@ type hookJob struct {
 	hook func(b *pgx.Batch, w shard.Batch)
 }
 
-func (h hookJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+func (h *hookJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 	if h.hook != nil {
 		h.hook(b, w)
 	}
@@ -449,7 +449,7 @@ func newEngine(t *testing.T, url string, j engine.Job, cfg engine.Config) *engin
 		cfg.Logger = quiet
 	}
 	if j == nil {
-		j = job.Hourly{}
+		j = new(job.Hourly)
 	}
 	e, err := engine.New(testenv.Pool(t, url), "shardfill", j, &cfg)
 	if err != nil {
