@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -180,6 +181,29 @@ func TestTaskCountFollowsUsageKey(t *testing.T) {
 			apply(t, pool, h, []shard.Slice{s}, timePath)
 		}
 		testenv.RequireOracle(t, pool)
+	}
+}
+
+// A rollup already filled changes no slice of the plan: a day with both raw
+// and rollup rows is planned once, with its raw rows counted once.
+func TestPlanOverFullRollupCountsRawRowsOnce(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	before := plan(t, pool, 200)
+	h := preflighted(t, pool)
+	for _, s := range before {
+		apply(t, pool, h, []shard.Slice{s}, true)
+	}
+	if testenv.RollupRows(t, pool) == 0 {
+		t.Fatal("the rollup stayed empty")
+	}
+	after := plan(t, pool, 200)
+	if !slices.EqualFunc(before, after, func(a, b shard.Slice) bool {
+		return a.Workspace == b.Workspace && a.From.Equal(b.From) && a.To.Equal(b.To) &&
+			a.EstRows == b.EstRows && a.ReadFrom.Equal(b.ReadFrom)
+	}) {
+		t.Fatalf("plan changed over the filled rollup: %d slices before, %d after", len(before), len(after))
 	}
 }
 

@@ -12,25 +12,24 @@
 -- the slice statement need not look at older tasks.
 -- $1: lower bound of created_at / bucket_hour ('-infinity' for all history).
 -- $2: most raw rows per window before a month is cut.
+-- per_day may hold a (workspace, day) twice, once with its raw rows and once
+-- for its rollup rows; every step after it sums or takes the least, so
+-- merging the two there would only cost a second aggregation of every group.
 WITH per_day AS (
-    SELECT workspace_id, day, sum(n) AS n, min(read_from) AS read_from
-    FROM (
-        SELECT a.workspace_id,
-               date_trunc('day', u.created_at AT TIME ZONE 'UTC') AS day,
-               count(*) AS n,
-               min(t.created_at) AS read_from
-        FROM task_usage u
-        JOIN agent_task_queue t ON t.id = u.task_id
-        JOIN agent a ON a.id = t.agent_id
-        WHERE u.created_at >= $1
-          AND t.runtime_id IS NOT NULL
-        GROUP BY 1, 2
-        UNION ALL
-        SELECT h.workspace_id, date_trunc('day', h.bucket_hour AT TIME ZONE 'UTC'), 0, NULL
-        FROM task_usage_hourly h
-        WHERE h.bucket_hour >= $1
-        GROUP BY 1, 2
-    ) raw_and_rollup
+    SELECT a.workspace_id,
+           date_trunc('day', u.created_at AT TIME ZONE 'UTC') AS day,
+           count(*) AS n,
+           min(t.created_at) AS read_from
+    FROM task_usage u
+    JOIN agent_task_queue t ON t.id = u.task_id
+    JOIN agent a ON a.id = t.agent_id
+    WHERE u.created_at >= $1
+      AND t.runtime_id IS NOT NULL
+    GROUP BY 1, 2
+    UNION ALL
+    SELECT h.workspace_id, date_trunc('day', h.bucket_hour AT TIME ZONE 'UTC'), 0, NULL
+    FROM task_usage_hourly h
+    WHERE h.bucket_hour >= $1
     GROUP BY 1, 2
 ), days AS (
     -- A day joins part k of its month when the rows before it in the month
