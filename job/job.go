@@ -336,7 +336,10 @@ func (h *Hourly) Preflight(ctx context.Context, q Querier) error {
 // task_usage has a key made only of task_id, provider and model (all or
 // some of them), with no column in it that may repeat as NULL. A rollup key
 // holds one provider and one model, so its usage rows then belong to
-// different tasks and their count is the number of distinct tasks.
+// different tasks and their count is the number of distinct tasks. It is
+// read once per command: a key dropped while a run works, with duplicates
+// written after, would be counted by rows until the next run (verify,
+// which always counts distinct tasks, would report those buckets).
 const usageKeyedSQL = `
 SELECT EXISTS (
     SELECT FROM pg_index x
