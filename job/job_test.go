@@ -146,16 +146,16 @@ func TestTaskCountFollowsUsageKey(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	slices := plan(t, pool, 200)
-	if !countsRows(t, preflighted(t, pool), slices[0]) {
+	planned := plan(t, pool, 200)
+	if !countsRows(t, preflighted(t, pool), planned[0]) {
 		t.Fatal("the multica unique key (task_id, provider, model) should let tasks be counted as rows")
 	}
-	if countsRows(t, new(job.Hourly), slices[0]) {
+	if countsRows(t, new(job.Hourly), planned[0]) {
 		t.Fatal("a job that has not read the catalog must count distinct tasks")
 	}
 	// A key column that may be NULL repeats (NULLs are distinct to it).
 	exec(`ALTER TABLE task_usage ALTER COLUMN model DROP NOT NULL`)
-	if countsRows(t, preflighted(t, pool), slices[0]) {
+	if countsRows(t, preflighted(t, pool), planned[0]) {
 		t.Fatal("a unique key over a nullable column was trusted")
 	}
 	exec(`ALTER TABLE task_usage ALTER COLUMN model SET NOT NULL`)
@@ -164,7 +164,7 @@ func TestTaskCountFollowsUsageKey(t *testing.T) {
 	exec(`ALTER TABLE task_usage DROP CONSTRAINT uq_task_usage_task_provider_model`)
 	exec(`CREATE UNIQUE INDEX task_usage_wider_key ON task_usage (task_id, provider, model, created_at)`)
 	h := preflighted(t, pool)
-	if countsRows(t, h, slices[0]) {
+	if countsRows(t, h, planned[0]) {
 		t.Fatal("a unique key wider than (task_id, provider, model) was trusted")
 	}
 	tag, err := pool.Exec(ctx, `
