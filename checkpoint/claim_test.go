@@ -79,7 +79,7 @@ func claimSetup(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, int) {
 	ctx := context.Background()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url+"&pool_max_conns=16")
-	store := checkpoint.New(pool, "shardfill")
+	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
 	lockConn := testenv.Conn(t, url)
 	if _, err := lockConn.Exec(ctx, `SELECT pg_advisory_lock_shared(4246)`); err != nil {
 		t.Fatal(err)
@@ -123,7 +123,7 @@ func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, p
 			defer wg.Done()
 			<-start
 			for {
-				b, err := store.Claim(ctx, run.ID, checkpoint.Claim{Owner: fmt.Sprintf("w%d", i), PID: pid}, limits, time.Hour)
+				b, err := store.Claim(ctx, run.ID, checkpoint.Claimant{Owner: fmt.Sprintf("w%d", i), PID: pid}, limits, time.Hour)
 				if err != nil {
 					errs <- err
 					return
@@ -153,7 +153,7 @@ func TestMigrateAddsMissingColumns(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := testenv.Pool(t, testenv.DB(t, nil))
-	store := checkpoint.New(pool, "shardfill")
+	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ type Status struct {
 	// State is one of the contract's planned|running|done|failed|
 	// interrupted; a run replaced by --new-run reads interrupted, with
 	// Superseded set.
-	State           string        `json:"state"`
+	State           RunState      `json:"state"`
 	Superseded      bool          `json:"superseded"`
 	PlannedAt       time.Time     `json:"planned_at"`
 	StartedAt       *time.Time    `json:"started_at"`
@@ -71,10 +71,9 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		// works on a run holds the cron lock in shared mode; if none does,
 		// nobody is working and the run is interrupted.
 		var working bool
-		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
-			WHERE locktype = 'advisory' AND classid = 0 AND objid = 4246 AND objsubid = 1
-			  AND mode = 'ShareLock' AND granted
-			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&working)
+		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks l
+			WHERE `+s.lock.Is("l")+` AND l.mode = 'ShareLock' AND l.granted
+			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&working)
 		if err != nil {
 			return nil, fmt.Errorf("status: %w", err)
 		}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,23 +24,7 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// newEngine builds an engine on its own pool for url.
-func newEngine(t *testing.T, url string, j engine.Job, cfg engine.Config) *engine.Engine {
-	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = quiet
-	}
-	if j == nil {
-		j = new(job.Hourly)
-	}
-	e, err := engine.New(testenv.Pool(t, url), "shardfill", j, &cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
-}
 
 func run(t *testing.T, e *engine.Engine) *engine.Result {
 	t.Helper()
@@ -79,7 +61,7 @@ func TestRollupMatchesOracle(t *testing.T) {
 			gen := fixture.Config{Seed: 11, Workspaces: 40, Months: 8, Rows: 12000, Skew: 1.2}
 			url := testenv.DB(t, &gen)
 			pool := testenv.Pool(t, url)
-			res := run(t, newEngine(t, url, nil, cfg))
+			res := run(t, testenv.Engine(t, url, nil, cfg))
 			if !res.Planned || res.Executed == 0 || res.Executed != res.Run.SlicesTotal {
 				t.Fatalf("executed %d of %d slices (planned %v)", res.Executed, res.Run.SlicesTotal, res.Planned)
 			}
@@ -99,7 +81,7 @@ func TestRateLimitsSlices(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	const rate, burst = 200.0, 4
 	start := time.Now()
-	res := run(t, newEngine(t, url, nil, engine.Config{Concurrency: 4, Rate: rate, Burst: burst}))
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{Concurrency: 4, Rate: rate, Burst: burst}))
 	took := time.Since(start)
 	n := res.Executed
 	if n < 10*burst {
@@ -126,13 +108,13 @@ func TestRateLimitsSlices(t *testing.T) {
 func TestDeadlineWhileThrottledInterrupts(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
-	e := newEngine(t, url, nil, engine.Config{Concurrency: 1, Rate: 0.1, Burst: 1})
+	e := testenv.Engine(t, url, nil, engine.Config{Concurrency: 1, Rate: 0.1, Burst: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := e.Run(ctx); !errors.Is(err, engine.ErrInterrupted) {
 		t.Fatalf("run ended with %v, want an interruption", err)
 	}
-	got, err := e.Store().LatestRun(context.Background())
+	got, err := checkpoint.New(testenv.Pool(t, url), "shardfill", job.CronLockKey).LatestRun(context.Background())
 	if err != nil || got == nil || got.State != checkpoint.StateInterrupted {
 		t.Fatalf("run stored as %+v (%v), want %s", got, err, checkpoint.StateInterrupted)
 	}
@@ -151,7 +133,7 @@ func TestTimeZoneChangesNothing(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ALTER DATABASE `+db+` SET timezone = 'Asia/Kolkata'`); err != nil {
 		t.Fatal(err)
 	}
-	e := newEngine(t, url, nil, engine.Config{Concurrency: 4})
+	e := testenv.Engine(t, url, nil, engine.Config{Concurrency: 4})
 	// Prove the engine's sessions really run in the odd zone.
 	cfg, _ := pgxpool.ParseConfig(url)
 	tzPool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -181,7 +163,7 @@ func TestNewRunRepairsWrongStaleAndExtraRows(t *testing.T) {
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
-	run(t, newEngine(t, url, nil, engine.Config{}))
+	run(t, testenv.Engine(t, url, nil, engine.Config{}))
 
 	mustExec(t, pool, `UPDATE task_usage_hourly SET input_tokens = input_tokens + 7, event_count = 0
 		WHERE ctid IN (SELECT ctid FROM task_usage_hourly ORDER BY bucket_hour LIMIT 20)`) // wrong
@@ -209,7 +191,7 @@ func TestNewRunRepairsWrongStaleAndExtraRows(t *testing.T) {
 		t.Fatalf("setup: expected a damaged rollup, diff total %d (%v)", total, err)
 	}
 
-	res := run(t, newEngine(t, url, nil, engine.Config{NewRun: true}))
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{NewRun: true}))
 	if !res.Planned || res.Run.ID < 2 {
 		t.Fatalf("expected a new run, got run %d planned=%v", res.Run.ID, res.Planned)
 	}
@@ -221,11 +203,11 @@ func TestSecondRunIsNoop(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	first := run(t, newEngine(t, url, nil, engine.Config{}))
+	first := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	before := rollupChecksum(t, pool, "")
 	mark := watermark(t, pool)
 
-	second := run(t, newEngine(t, url, nil, engine.Config{}))
+	second := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	if !second.NothingToDo || second.Executed != 0 || second.Run.ID != first.Run.ID {
 		t.Fatalf("second run: nothing=%v executed=%d run=%d (first %d)", second.NothingToDo, second.Executed, second.Run.ID, first.Run.ID)
 	}
@@ -245,7 +227,7 @@ func TestCancelThenResume(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	ctx, cancel := context.WithCancel(context.Background())
 	var done atomic.Int64
-	e := newEngine(t, url, nil, engine.Config{Concurrency: 3, OnEvent: func(ev engine.Event) {
+	e := testenv.Engine(t, url, nil, engine.Config{Concurrency: 3, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceDone && done.Add(1) == 15 {
 			cancel()
 		}
@@ -257,7 +239,7 @@ func TestCancelThenResume(t *testing.T) {
 	if got := watermark(t, pool); !got.Equal(epoch) {
 		t.Fatalf("watermark stamped by an interrupted run: %s", got)
 	}
-	store := checkpoint.New(pool, "shardfill")
+	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
 	c, err := store.Counts(context.Background(), res.Run.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +265,7 @@ func TestCancelThenResume(t *testing.T) {
 		doneIDs[id] = true
 	}
 	var mu sync.Mutex
-	resumed := run(t, newEngine(t, url, nil, engine.Config{Concurrency: 3, OnEvent: func(ev engine.Event) {
+	resumed := run(t, testenv.Engine(t, url, nil, engine.Config{Concurrency: 3, OnEvent: func(ev engine.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		if ev.Kind == engine.SliceDone && doneIDs[ev.Slice.ID] {
@@ -323,7 +305,7 @@ func TestWatermarkStampedOnceAtPlanTime(t *testing.T) {
 	mustExec(t, pool, `CREATE TRIGGER log_stamp AFTER UPDATE ON task_usage_hourly_rollup_state FOR EACH ROW EXECUTE FUNCTION log_stamp()`)
 
 	var seenEarly atomic.Bool
-	res := run(t, newEngine(t, url, nil, engine.Config{Concurrency: 4, OnEvent: func(ev engine.Event) {
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{Concurrency: 4, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceDone && !watermark(t, pool).Equal(epoch) {
 			seenEarly.Store(true)
 		}
@@ -345,7 +327,7 @@ func TestWatermarkStampedOnceAtPlanTime(t *testing.T) {
 		t.Fatalf("watermark %s, want %s", got, want)
 	}
 	// A later run of the same plan never stamps again.
-	run(t, newEngine(t, url, nil, engine.Config{}))
+	run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM stamp_log`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("stamps after a second run: %d (%v)", n, err)
 	}
@@ -388,7 +370,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 			cronRan.Add(1)
 		}
 	}
-	run(t, newEngine(t, url, nil, engine.Config{Concurrency: 2, OnEvent: probe}))
+	run(t, testenv.Engine(t, url, nil, engine.Config{Concurrency: 2, OnEvent: probe}))
 	if checked.Load() == 0 || heldFree.Load() != 0 || cronRan.Load() != 0 {
 		t.Fatalf("probes %d: lock free %d times, cron ran %d times during the run", checked.Load(), heldFree.Load(), cronRan.Load())
 	}
@@ -401,7 +383,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT workspace_id::text FROM task_usage_hourly LIMIT 1`).Scan(&ws); err != nil {
 		t.Fatal(err)
 	}
-	_, err := newEngine(t, url, &failingJob{workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
+	_, err := testenv.Engine(t, url, &failingJob{workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) || failed.Failed == 0 {
 		t.Fatalf("want FailedError, got %v", err)
@@ -412,7 +394,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 
 	// A cancel.
 	ctx, cancel := context.WithCancel(context.Background())
-	e := newEngine(t, url, nil, engine.Config{NewRun: true, OnEvent: func(ev engine.Event) { cancel() }})
+	e := testenv.Engine(t, url, nil, engine.Config{NewRun: true, OnEvent: func(ev engine.Event) { cancel() }})
 	if _, err := e.Run(ctx); !errors.Is(err, engine.ErrInterrupted) {
 		t.Fatalf("want ErrInterrupted, got %v", err)
 	}
@@ -434,12 +416,12 @@ func TestFailedSlicesThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := newEngine(t, url, &failingJob{workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
+	res, err := testenv.Engine(t, url, &failingJob{workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)
 	}
-	store := checkpoint.New(pool, "shardfill")
+	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
 	st, err := store.Status(context.Background(), mustRun(t, store, res.Run.ID))
 	if err != nil {
 		t.Fatal(err)
@@ -456,7 +438,7 @@ func TestFailedSlicesThenRetry(t *testing.T) {
 	if got := watermark(t, pool); !got.Equal(epoch) {
 		t.Fatal("watermark stamped by a failed run")
 	}
-	retry := run(t, newEngine(t, url, nil, engine.Config{}))
+	retry := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	if retry.Run.ID != res.Run.ID || retry.Executed != st.SlicesFailed || !retry.Outcome.Stamped {
 		t.Fatalf("retry: run %d executed %d (want %d failed slices of run %d), stamped %v",
 			retry.Run.ID, retry.Executed, st.SlicesFailed, res.Run.ID, retry.Outcome.Stamped)
@@ -469,7 +451,7 @@ func TestEmptyHistoryJustStamps(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, nil)
 	pool := testenv.Pool(t, url)
-	res := run(t, newEngine(t, url, nil, engine.Config{}))
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	if res.Run.SlicesTotal != 0 || !res.Outcome.Stamped || watermark(t, pool).Equal(epoch) {
 		t.Fatalf("empty history: %d slices, stamped %v", res.Run.SlicesTotal, res.Outcome.Stamped)
 	}
@@ -485,7 +467,7 @@ func TestPreflightNamesEverythingMissing(t *testing.T) {
 	mustExec(t, pool, `DROP FUNCTION rollup_task_usage_hourly_window(timestamptz, timestamptz)`)
 	mustExec(t, pool, `DROP TABLE task_usage_hourly_dirty CASCADE`)
 	mustExec(t, pool, `ALTER TABLE task_usage_hourly DROP COLUMN uncosted_input_tokens`)
-	_, err := newEngine(t, url, nil, engine.Config{}).Run(context.Background())
+	_, err := testenv.Engine(t, url, nil, engine.Config{}).Run(context.Background())
 	var missing *job.MissingError
 	if !errors.As(err, &missing) {
 		t.Fatalf("want MissingError, got %v", err)
@@ -505,14 +487,14 @@ func TestMonthsBack(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	_, err := newEngine(t, url, nil, engine.Config{MonthsBack: 2}).Run(context.Background())
+	_, err := testenv.Engine(t, url, nil, engine.Config{MonthsBack: 2}).Run(context.Background())
 	var cfgErr *engine.ConfigError
 	if !errors.As(err, &cfgErr) {
 		t.Fatalf("want ConfigError, got %v", err)
 	}
 	requireNothingWritten(t, pool)
 
-	res := run(t, newEngine(t, url, nil, engine.Config{MonthsBack: 2, ForcePartial: true}))
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{MonthsBack: 2, ForcePartial: true}))
 	if res.Run.RangeFrom == nil {
 		t.Fatal("run has no range")
 	}
@@ -534,7 +516,7 @@ func TestPlanWritesNothing(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	p, err := newEngine(t, url, nil, engine.Config{}).Plan(context.Background(), 5)
+	p, err := testenv.Engine(t, url, nil, engine.Config{}).Plan(context.Background(), 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,7 +595,7 @@ func TestWaitsWhileCronLockHeldExclusively(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	e := newEngine(t, url, nil, engine.Config{})
+	e := testenv.Engine(t, url, nil, engine.Config{})
 	go func() {
 		_, err := e.Run(ctx)
 		done <- err
@@ -653,7 +635,7 @@ func BenchmarkRun(b *testing.B) {
 			if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM task_usage`).Scan(&rows); err != nil {
 				b.Fatal(err)
 			}
-			cfg := engine.Config{Concurrency: conc, NewRun: true, Logger: quiet}
+			cfg := engine.Config{Concurrency: conc, NewRun: true, Logger: testenv.Quiet}
 			e, err := engine.New(pool, "shardfill", new(job.Hourly), &cfg)
 			if err != nil {
 				b.Fatal(err)
@@ -699,7 +681,7 @@ func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	j := &stallJob{once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
 	var lost atomic.Int64
-	e := newEngine(t, url, j, engine.Config{Concurrency: 2, Lease: time.Hour, BatchRows: 400, OnEvent: func(ev engine.Event) {
+	e := testenv.Engine(t, url, j, engine.Config{Concurrency: 2, Lease: time.Hour, BatchRows: 400, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceLost {
 			lost.Add(1)
 		}
@@ -750,9 +732,9 @@ func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	res := run(t, newEngine(t, url, nil, engine.Config{}))
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	mustExec(t, pool, `UPDATE shardfill.run SET state = 'running'`) // as a kill -9 mid-run leaves it
-	store := checkpoint.New(pool, "shardfill")
+	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
 	st, err := store.Status(context.Background(), mustRun(t, store, res.Run.ID))
 	if err != nil || st.State != checkpoint.StateInterrupted {
 		t.Fatalf("status state %q (%v), want interrupted", st.State, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,22 +20,43 @@ var ErrInterrupted = errors.New("interrupted")
 
 // ErrLockLost is returned when the connection holding the cron lock died:
 // without it the cron job could run alongside, so the process stops.
-var ErrLockLost = errors.New("lost the connection holding the cron lock (4246)")
+var ErrLockLost = errors.New("lost the connection holding the cron lock")
 
-// ConfigError is a refused configuration: bad flags or a combination the
-// operator must confirm. Nothing was written.
+// ConfigError is a refused configuration: a bad value, or a combination the
+// operator must confirm. Nothing was written. Msg names the [Config] fields
+// involved in braces, "{MonthsBack}", so that a caller can name them its
+// own way ([ConfigError.Render]); Error names them as the fields.
 type ConfigError struct{ Msg string }
 
-func (e *ConfigError) Error() string { return e.Msg }
+var fieldRef = regexp.MustCompile(`\{(\w+)\}`)
 
-// FailedError reports a run that ended with failed slices.
+func (e *ConfigError) Error() string { return e.Render(func(field string) string { return field }) }
+
+// Render returns the message with each field named by name: a CLI passes
+// the flag bound to the field.
+func (e *ConfigError) Render(name func(field string) string) string {
+	return fieldRef.ReplaceAllStringFunc(e.Msg, func(ref string) string { return name(ref[1 : len(ref)-1]) })
+}
+
+// FailedError reports a run that ended with failed slices; the slices keep
+// their errors in the checkpoint tables.
 type FailedError struct {
 	RunID  int64
 	Failed int64
 }
 
 func (e *FailedError) Error() string {
-	return fmt.Sprintf("run %d: %d slices failed (see `shardfill status`); fix the cause and run again to retry them", e.RunID, e.Failed)
+	return fmt.Sprintf("run %d: %d slices failed; fix the cause and run again to retry them", e.RunID, e.Failed)
+}
+
+// interrupted maps any error caused by the cancellation of ctx to
+// ErrInterrupted, keeping the error it replaces in the chain, so the
+// caller can tell a stop from a failure.
+func interrupted(ctx context.Context, err error) error {
+	if ctx.Err() != nil && err != nil {
+		return fmt.Errorf("%w: in-flight slices rolled back; run again to resume (%w)", ErrInterrupted, err)
+	}
+	return err
 }
 
 // retryable reports whether err is transient: the same slice may well
@@ -56,11 +78,10 @@ func retryable(err error) bool {
 			"57P01", // admin_shutdown (also pg_terminate_backend)
 			"57P02", // crash_shutdown
 			"57P03", // cannot_connect_now
-			"53300", // too_many_connections
-			"08000", "08003", "08006", "08001", "08004", "08007":
+			"53300": // too_many_connections
 			return true
 		}
-		return strings.HasPrefix(pgErr.Code, "08")
+		return strings.HasPrefix(pgErr.Code, "08") // connection_exception
 	}
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
 		return true

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/cronlock"
 )
 
 // cronLock holds the cron job's advisory lock in shared mode on a connection
@@ -18,26 +18,27 @@ import (
 // session that lives on.
 type cronLock struct {
 	conn *pgx.Conn
-	pid  int // backend pid, recorded with claims so others can tell we live
+	pid  int   // backend pid, recorded with claims so others can tell we live
+	key  int64 // the job's cron lock key
 }
 
 // acquireLock opens the dedicated connection and takes the shared lock. If
 // someone holds it exclusively (a cron tick, or the serial backfill command
 // started by mistake) it says who and waits.
-func acquireLock(ctx context.Context, db *pgxpool.Pool, log *slog.Logger) (*cronLock, error) {
+func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, log *slog.Logger) (*cronLock, error) {
 	conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig.Copy())
 	if err != nil {
 		return nil, fmt.Errorf("open lock connection: %w", err)
 	}
-	l := &cronLock{conn: conn}
+	l := &cronLock{conn: conn, key: key}
 	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&l.pid); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open lock connection: %w", err)
 	}
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, int64(job.CronLockKey)).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, key).Scan(&got); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("take cron lock %d: %w", job.CronLockKey, err)
+		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
 	if got {
 		return l, nil
@@ -47,13 +48,13 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, log *slog.Logger) (*cron
 		SELECT coalesce(string_agg(format('pid %s (%s, %s)', a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
 		                                  left(a.query, 60)), '; '), 'unknown')
 		FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = $1 AND l.objsubid = 1
-		  AND l.granted AND l.mode = 'ExclusiveLock' AND a.datname = current_database()`, job.CronLockKey).Scan(&holder)
+		WHERE `+cronlock.Key(key).Is("l")+`
+		  AND l.granted AND l.mode = 'ExclusiveLock' AND a.datname = current_database()`).Scan(&holder)
 	log.Warn("waiting for the cron lock: another session holds it exclusively (the cron tick, or the serial backfill command?)",
-		"lock", job.CronLockKey, "holder", holder)
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, int64(job.CronLockKey)); err != nil {
+		"lock", key, "holder", holder)
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, key); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("take cron lock %d: %w", job.CronLockKey, err)
+		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
 	return l, nil
 }
@@ -76,7 +77,7 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 		err := l.conn.Ping(pctx)
 		done()
 		if err != nil && ctx.Err() == nil {
-			cancel(ErrLockLost)
+			cancel(fmt.Errorf("%w (cron lock %d)", ErrLockLost, l.key))
 			return
 		}
 	}

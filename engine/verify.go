@@ -14,6 +14,9 @@ import (
 // Verifier is the optional part of a Job that can check its own output and
 // mend it outside a run.
 type Verifier interface {
+	// Extent is the time the raw rows and the rollup cover: the earliest
+	// and latest instants of either, nil when both are empty.
+	Extent(ctx context.Context, q job.Querier) (first, last *time.Time, err error)
 	Verify(ctx context.Context, q job.Querier, from, to time.Time) ([]job.Mismatch, error)
 	Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error)
 }
@@ -40,11 +43,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 	if err := e.job.Preflight(ctx, e.db); err != nil {
 		return nil, err
 	}
-	var first, last *time.Time
-	err := e.db.QueryRow(ctx, `
-		SELECT least((SELECT min(created_at) FROM task_usage), (SELECT min(bucket_hour) FROM task_usage_hourly)),
-		       greatest((SELECT max(created_at) FROM task_usage), (SELECT max(bucket_hour) FROM task_usage_hourly))`).
-		Scan(&first, &last)
+	first, last, err := v.Extent(ctx, e.db)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -95,7 +94,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 // repair replaces the rollup of each mismatching (workspace, month) while
 // holding the cron lock, as a run would.
 func (e *Engine) repair(ctx context.Context, v Verifier, bad []job.Mismatch) error {
-	lock, err := acquireLock(ctx, e.db, e.cfg.Logger)
+	lock, err := acquireLock(ctx, e.db, e.job.CronLockKey(), e.cfg.Logger)
 	if err != nil {
 		return err
 	}

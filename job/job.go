@@ -1,10 +1,3 @@
-// Package job is what one slice does to the multica database: the SQL that
-// plans the slices of a task_usage_hourly backfill, replaces one slice's
-// buckets, checks the database is ready, and stamps the cron watermark.
-//
-// The engine knows nothing of task_usage; it calls an [Hourly] through the
-// small interface it declares, so the scheduling, checkpointing and retry
-// logic stays independent of the rollup it drives.
 package job
 
 import (
@@ -109,6 +102,9 @@ func withMeasures(sql string) string {
 // cron tick out while a backfill works.
 const CronLockKey = 4246
 
+// CronLockKey returns the package's CronLockKey, for the engine.
+func (*Hourly) CronLockKey() int64 { return CronLockKey }
+
 // Querier is the part of pgx.Conn, pgxpool.Pool and pgx.Tx the job needs.
 type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -180,7 +176,7 @@ func (h *Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 		return nil
 	}
 	b.Queue(deleteSQL, ws, from, to)
-	if w.RangeRows > 0 && timePathCost*w.RangeRows < w.WorkspaceRows {
+	if w.WindowRows > 0 && timePathCost*w.WindowRows < w.WorkspaceRows {
 		lo, hi := w.Bounds()
 		if spansEqual(spans, lo, hi) {
 			b.Queue(insert.byWindow, ws, lo, hi).Exec(count)
@@ -233,6 +229,31 @@ func (*Hourly) Stamp(ctx context.Context, tx Querier, at time.Time) (bool, error
 		return false, fmt.Errorf("stamp watermark: %w", err)
 	}
 	return tag.RowsAffected() == 1, nil
+}
+
+// HasRowsBefore reports whether task_usage holds rows created before at:
+// history a run whose range starts at at would leave out of the rollup.
+func (*Hourly) HasRowsBefore(ctx context.Context, q Querier, at time.Time) (bool, error) {
+	var older bool
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM task_usage WHERE created_at < $1)`, at).Scan(&older)
+	if err != nil {
+		return false, fmt.Errorf("look for usage before %s: %w", at.Format(time.DateOnly), err)
+	}
+	return older, nil
+}
+
+// Extent is the time task_usage and the rollup cover: the earliest and the
+// latest of the usage rows' creation and the buckets; nil when both
+// tables are empty.
+func (*Hourly) Extent(ctx context.Context, q Querier) (first, last *time.Time, err error) {
+	err = q.QueryRow(ctx, `
+		SELECT least((SELECT min(created_at) FROM task_usage), (SELECT min(bucket_hour) FROM task_usage_hourly)),
+		       greatest((SELECT max(created_at) FROM task_usage), (SELECT max(bucket_hour) FROM task_usage_hourly))`).
+		Scan(&first, &last)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the history's extent: %w", err)
+	}
+	return first, last, nil
 }
 
 // Watermark reads the cron job's current watermark (nil when the state row

@@ -63,9 +63,9 @@ func batchOf(t *testing.T, slices []shard.Slice, timePath bool) shard.Batch {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.WorkspaceRows, b.RangeRows = 1, 0
+	b.WorkspaceRows, b.WindowRows = 1, 0
 	if timePath {
-		b.WorkspaceRows, b.RangeRows = math.MaxInt64, 1
+		b.WorkspaceRows, b.WindowRows = math.MaxInt64, 1
 	}
 	return b
 }

@@ -24,9 +24,9 @@ type Batch struct {
 	// WorkspaceRows is the raw rows of the batch's workspaces over the
 	// whole run: what reading through their tasks costs.
 	WorkspaceRows int64
-	// RangeRows is the raw rows of every workspace in the batch's
+	// WindowRows is the raw rows of every workspace in the batch's
 	// windows: what reading through time costs. 0 when not known.
-	RangeRows int64
+	WindowRows int64
 }
 
 // NewBatch groups slices; it sorts them by workspace and start.

@@ -18,7 +18,7 @@ import (
 
 func newDemoCmd(g *globals) *cobra.Command {
 	gen := fixture.Config{Seed: 42, Workspaces: 400, Months: 24, Rows: 200_000, Skew: 1.1}
-	cfg := engine.Config{}
+	cfg := engine.DefaultConfig()
 	interruptAt := 0.4
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -34,7 +34,7 @@ is touched.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "workers, each running one batch of slices at a time")
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "workers, each running one batch of slices at a time")
 	fs.IntVar(&gen.Workspaces, "workspaces", gen.Workspaces, "workspaces in the synthetic history")
 	fs.IntVar(&gen.Months, "months", gen.Months, "months of synthetic history")
 	fs.IntVar(&gen.Rows, "rows", gen.Rows, "task_usage rows in the synthetic history (about)")
@@ -106,7 +106,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM task_usage_hourly`).Scan(&rollupRows); err != nil {
 		return err
 	}
-	store := checkpoint.New(pool, g.schema)
+	store := checkpoint.New(pool, g.schema, job.CronLockKey)
 	run, err := store.LatestRun(ctx)
 	if err != nil {
 		return err

@@ -1,5 +1,3 @@
-// Command shardfill backfills the task_usage_hourly rollup in parallel,
-// resumably, and hands over to the cron job. See `shardfill --help`.
 package main
 
 import (
@@ -9,7 +7,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/shardfill/shardfill/engine"
 )
@@ -40,21 +40,59 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err != nil {
-		fmt.Fprintln(errOut, "shardfill:", err)
+		fmt.Fprintln(errOut, "shardfill:", describe(err))
 	}
 	return exitCode(err)
+}
+
+// describe phrases an error for the command line: the engine names its
+// Config fields and leaves out what to run next; the CLI names its flags
+// and commands.
+func describe(err error) string {
+	var cfgErr *engine.ConfigError
+	var stale *engine.StaleRunError
+	var failed *engine.FailedError
+	switch {
+	case errors.As(err, &cfgErr):
+		return cfgErr.Render(flagOf)
+	case errors.As(err, &stale):
+		return err.Error() + "; start over with `shardfill run --new-run`"
+	case errors.As(err, &failed):
+		return err.Error() + " (see `shardfill status`)"
+	case errors.Is(err, engine.ErrInterrupted):
+		return err.Error() + "; run `shardfill run` again to resume"
+	}
+	return err.Error()
+}
+
+// flagOf is the flag bound to an engine.Config field: the field's name in
+// kebab case (MaxSliceRows is --max-slice-rows).
+func flagOf(field string) string {
+	var b strings.Builder
+	b.WriteString("--")
+	for i, r := range field {
+		if unicode.IsUpper(r) {
+			if i > 0 {
+				b.WriteByte('-')
+			}
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // exitCode maps an error to the exit codes of the CLI contract.
 func exitCode(err error) int {
 	var cfgErr *engine.ConfigError
+	var stale *engine.StaleRunError
 	var usage usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, engine.ErrInterrupted), errors.Is(err, context.Canceled):
 		return 130
-	case errors.As(err, &cfgErr), errors.As(err, &usage):
+	case errors.As(err, &cfgErr), errors.As(err, &stale), errors.As(err, &usage):
 		return 2
 	default:
 		return 1

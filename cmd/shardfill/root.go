@@ -146,8 +146,9 @@ func redactURL(raw string) string {
 
 // newEngine connects and builds an engine for the checkpoint schema.
 func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Engine, *pgxpool.Pool, error) {
-	// Refuse bad flags before touching the database.
-	if err := cfg.WithDefaults().Validate(); err != nil {
+	// Refuse bad flags before touching the database. cfg started from
+	// engine.DefaultConfig, so a zero here was given on purpose.
+	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
 	pool, err := g.connect(ctx, max(cfg.Concurrency, 1))

@@ -15,14 +15,14 @@ import (
 // addPlanFlags binds the flags that decide which slices a new run has; run
 // and plan share them.
 func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
-	fs.Int64Var(&cfg.MaxSliceRows, "max-slice-rows", 50_000, "cut a month with more raw rows (all workspaces) into whole-day windows of about this many")
-	fs.IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months, the current one included (0 = all history)")
+	fs.Int64Var(&cfg.MaxSliceRows, "max-slice-rows", cfg.MaxSliceRows, "cut a month with more raw rows (all workspaces) into whole-day windows of about this many")
+	fs.IntVar(&cfg.MonthsBack, "months-back", cfg.MonthsBack, "only the last N UTC calendar months, the current one included (0 = all history)")
 	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
 	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
 }
 
 func newRunCmd(g *globals) *cobra.Command {
-	cfg := engine.Config{}
+	cfg := engine.DefaultConfig()
 	var dryRun, noProgress bool
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -34,9 +34,6 @@ command again resumes. Several processes, on several hosts, may run it
 against one database at once: they share the run.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
 			if dryRun {
 				return printPlan(cmd, g, cfg)
 			}
@@ -71,7 +68,7 @@ against one database at once: they share the run.`,
 					res.Run.ID, stampedAt(res.Run))
 			case res.Outcome.Stamped:
 				printf(g.out, "run %d done: watermark stamped at %s\n", res.Run.ID, res.Run.WatermarkTarget.UTC().Format(time.RFC3339))
-			case res.Outcome.State == "done":
+			case res.Outcome.State == checkpoint.StateDone:
 				printf(g.out, "run %d done, but the watermark was NOT stamped: task_usage_hourly_rollup_state has no row\n", res.Run.ID)
 			default:
 				printf(g.out, "run %d: this process found no more work; %d slices are still held by other processes\n",
@@ -81,17 +78,17 @@ against one database at once: they share the run.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.IntVar(&cfg.Concurrency, "concurrency", 4, "workers in this process, each running one batch of slices at a time (slices in flight with --batch-slices 1)")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "slices started per second across this process (0 = no limit)")
-	fs.IntVar(&cfg.Burst, "burst", 1, "rate limiter burst: slices that may start at once (with --rate, also the most slices in one batch)")
-	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", 0, "pause of each worker after each slice")
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "workers in this process, each running one batch of slices at a time (slices in flight with --batch-slices 1)")
+	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "slices started per second across this process (0 = no limit)")
+	fs.IntVar(&cfg.Burst, "burst", cfg.Burst, "rate limiter burst: slices that may start at once (with --rate, also the most slices in one batch)")
+	fs.DurationVar(&cfg.SleepBetweenSlices, "sleep-between-slices", cfg.SleepBetweenSlices, "pause of each worker after each slice")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the slices the run would have and write nothing (same as plan)")
-	fs.Int64Var(&cfg.BatchRows, "batch-rows", 100_000, "slices of one window share a transaction up to this many raw rows (each still checkpointed); keep it above --max-slice-rows so a window is claimed whole")
-	fs.IntVar(&cfg.BatchSlices, "batch-slices", 5_000, "most slices in one batch (1 = no batching)")
-	fs.IntVar(&cfg.MaxAttempts, "max-attempts", 5, "tries of a slice on transient errors")
-	fs.DurationVar(&cfg.Lease, "lease", 60*time.Second, "how long a claimed slice stays this process's without renewal")
-	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", 0, "statement_timeout of each slice's transaction (0 = server default)")
-	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", 0, "lock_timeout of each slice's transaction (0 = server default)")
+	fs.Int64Var(&cfg.BatchRows, "batch-rows", cfg.BatchRows, "slices of one window share a transaction up to this many raw rows (each still checkpointed); keep it above --max-slice-rows so a window is claimed whole")
+	fs.IntVar(&cfg.BatchSlices, "batch-slices", cfg.BatchSlices, "most slices in one batch (1 = no batching)")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "tries of a slice on transient errors")
+	fs.DurationVar(&cfg.Lease, "lease", cfg.Lease, "how long a claimed slice stays this process's without renewal")
+	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", cfg.StatementTimeout, "statement_timeout of each slice's transaction (0 = server default)")
+	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", cfg.LockTimeout, "lock_timeout of each slice's transaction (0 = server default)")
 	fs.BoolVar(&cfg.PlanOnly, "plan-only", false, "plan the run into the checkpoint tables and exit without executing it")
 	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress is still logged)")
 	addPlanFlags(fs, &cfg)
@@ -99,7 +96,8 @@ against one database at once: they share the run.`,
 }
 
 func newPlanCmd(g *globals) *cobra.Command {
-	cfg := engine.Config{Concurrency: 1}
+	cfg := engine.DefaultConfig()
+	cfg.Concurrency = 1
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Print the slices a run would have; write nothing",

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/job"
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
@@ -27,7 +28,7 @@ run is in progress, whichever process or host runs it.`,
 				return err
 			}
 			defer pool.Close()
-			store := checkpoint.New(pool, g.schema)
+			store := checkpoint.New(pool, g.schema, job.CronLockKey)
 			installed, err := store.Installed(ctx)
 			if err != nil {
 				return err

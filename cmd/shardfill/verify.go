@@ -18,7 +18,8 @@ func (e errMismatch) Error() string {
 
 func newVerifyCmd(g *globals) *cobra.Command {
 	var asJSON, repair bool
-	cfg := engine.Config{Concurrency: 1}
+	cfg := engine.DefaultConfig()
+	cfg.Concurrency = 1
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Compare task_usage_hourly with the aggregate of the raw rows",

@@ -223,7 +223,7 @@ func TestTerminateWorkerConnections(t *testing.T) {
 		pool := testenv.Pool(t, url)
 		instrument(t, pool, 300*time.Millisecond)
 		var ev events
-		e := newEngine(t, url, nil, engine.Config{Concurrency: 3, BatchSlices: 1, MaxAttempts: maxAttempts,
+		e := testenv.Engine(t, url, nil, engine.Config{Concurrency: 3, BatchSlices: 1, MaxAttempts: maxAttempts,
 			Backoff: 20 * time.Millisecond, OnEvent: ev.add})
 		// maxAttempts-1 kills: even all on one slice leave it a last try.
 		stop := terminator(pool, 250*time.Millisecond, maxAttempts-1)
@@ -267,7 +267,7 @@ func TestTerminateWorkerConnections(t *testing.T) {
 		}
 		mustExec(t, pool, `UPDATE fault_cfg SET slow_ws = $1`, ws) // only its slices are slow, and killed
 		var ev events
-		e := newEngine(t, url, nil, engine.Config{Concurrency: 3, BatchSlices: 1, MaxAttempts: maxAttempts,
+		e := testenv.Engine(t, url, nil, engine.Config{Concurrency: 3, BatchSlices: 1, MaxAttempts: maxAttempts,
 			Backoff: 20 * time.Millisecond, OnEvent: ev.add})
 		stop := terminator(pool, 30*time.Millisecond, 0)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -301,7 +301,7 @@ func TestTerminateWorkerConnections(t *testing.T) {
 
 		// The fault is gone: the next run retries the failed slices.
 		setSleep(t, pool, 0)
-		again, err := newEngine(t, url, nil, engine.Config{}).Run(context.Background())
+		again, err := testenv.Engine(t, url, nil, engine.Config{}).Run(context.Background())
 		if err != nil || again.Run.ID != res.Run.ID || again.Executed != failed.Failed || !again.Outcome.Stamped {
 			t.Fatalf("re-run: %v", err)
 		}
@@ -400,7 +400,7 @@ func TestStalledWorkerCannotCommitAfterTakeover(t *testing.T) {
 	var evA, evB events
 	// A's lease is long so its renewer cannot interfere: the test expires
 	// the lease itself.
-	a := newEngine(t, url, jobA, engine.Config{Concurrency: 1, BatchSlices: 1, Lease: time.Hour, Owner: "A", OnEvent: evA.add})
+	a := testenv.Engine(t, url, jobA, engine.Config{Concurrency: 1, BatchSlices: 1, Lease: time.Hour, Owner: "A", OnEvent: evA.add})
 	resA := make(chan error, 1)
 	go func() {
 		_, err := a.Run(context.Background())
@@ -421,7 +421,7 @@ func TestStalledWorkerCannotCommitAfterTakeover(t *testing.T) {
 	}
 	mustExec(t, pool, `UPDATE shardfill.slice SET lease_until = now() - interval '1 second' WHERE run_id = $1 AND id = $2`, sl.RunID, sl.ID)
 
-	bEng := newEngine(t, url, nil, engine.Config{Concurrency: 2, Owner: "B", OnEvent: evB.add})
+	bEng := testenv.Engine(t, url, nil, engine.Config{Concurrency: 2, Owner: "B", OnEvent: evB.add})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	resB, err := bEng.Run(ctx)
@@ -564,7 +564,7 @@ func TestInjectedErrors(t *testing.T) {
 		b.Queue(fmt.Sprintf(`DO $$BEGIN RAISE EXCEPTION 'injected %s' USING ERRCODE = '%s'; END$$`, code, code))
 	}}
 	var ev events
-	e := newEngine(t, url, j, engine.Config{Concurrency: 2, BatchSlices: 1, MaxAttempts: 3,
+	e := testenv.Engine(t, url, j, engine.Config{Concurrency: 2, BatchSlices: 1, MaxAttempts: 3,
 		Backoff: 10 * time.Millisecond, StatementTimeout: time.Second, OnEvent: ev.add})
 	res, err := e.Run(ctx)
 	var failed *engine.FailedError

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,7 +25,7 @@ import (
 	"github.com/shardfill/shardfill/shard"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 
 // tiny is a history small enough that a slow slice trigger still lets a
 // whole run finish in seconds, with enough slices (about 40) that a fault
@@ -344,7 +342,7 @@ CREATE TRIGGER fault_stamp AFTER UPDATE ON task_usage_hourly_rollup_state FOR EA
 func instrument(t *testing.T, pool *pgxpool.Pool, sleep time.Duration) {
 	t.Helper()
 	ctx := context.Background()
-	if err := checkpoint.New(pool, "shardfill").Migrate(ctx); err != nil {
+	if err := checkpoint.New(pool, "shardfill", job.CronLockKey).Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, pool, faultSQL)
@@ -441,21 +439,6 @@ func (h *hookJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 		h.hook(b, w)
 	}
 	h.Hourly.Queue(b, w, written)
-}
-
-func newEngine(t *testing.T, url string, j engine.Job, cfg engine.Config) *engine.Engine {
-	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = quiet
-	}
-	if j == nil {
-		j = new(job.Hourly)
-	}
-	e, err := engine.New(testenv.Pool(t, url), "shardfill", j, &cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
 }
 
 // events records engine events, safe for concurrent use.

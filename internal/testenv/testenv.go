@@ -5,13 +5,17 @@ package testenv
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
+	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/internal/pgtest"
 )
 
@@ -121,4 +125,26 @@ func tryCronLockOnce(t testing.TB, url string) bool {
 		t.Fatal(err)
 	}
 	return got
+}
+
+// Quiet is a logger that drops everything, for engines whose logs a test
+// does not read.
+var Quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Engine builds an engine on its own pool for url, with checkpoints in
+// schema "shardfill", the production job unless j is given, and a quiet
+// logger unless cfg has one.
+func Engine(t testing.TB, url string, j engine.Job, cfg engine.Config) *engine.Engine {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = Quiet
+	}
+	if j == nil {
+		j = new(job.Hourly)
+	}
+	e, err := engine.New(Pool(t, url), "shardfill", j, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }

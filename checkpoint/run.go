@@ -1,0 +1,288 @@
+package checkpoint
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+//go:embed plan_slices.sql
+var planSlicesSQL string
+
+// RunState is the state of a run as stored (see schema.sql).
+type RunState string
+
+// Run states as stored and reported by status.
+const (
+	StatePlanned     RunState = "planned"
+	StateRunning     RunState = "running"
+	StateDone        RunState = "done"
+	StateFailed      RunState = "failed"
+	StateInterrupted RunState = "interrupted"
+	StateSuperseded  RunState = "superseded"
+)
+
+// Run is one backfill as stored.
+type Run struct {
+	ID              int64
+	State           RunState
+	PlannedAt       time.Time
+	WatermarkTarget time.Time
+	RangeFrom       *time.Time
+	SlicesTotal     int64
+	RowsTotal       int64
+	LogicVersion    string
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	StampedAt       *time.Time // when this run stamped the watermark (at WatermarkTarget)
+	LastError       *string
+}
+
+// Finished reports whether the run needs no more work.
+func (r *Run) Finished() bool { return r.State == StateDone || r.State == StateSuperseded }
+
+const runColumns = `id, state, planned_at, watermark_target, range_from, slices_total, rows_total,
+	logic_version, started_at, finished_at, watermark_stamped_at, last_error`
+
+func scanRun(row pgx.Row) (*Run, error) {
+	var r Run
+	err := row.Scan(&r.ID, &r.State, &r.PlannedAt, &r.WatermarkTarget, &r.RangeFrom, &r.SlicesTotal,
+		&r.RowsTotal, &r.LogicVersion, &r.StartedAt, &r.FinishedAt, &r.StampedAt, &r.LastError)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return &r, err
+}
+
+// querier is what reading a run needs: the pool, or a transaction.
+type querier interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}
+
+// latestRun returns the newest run, or nil when there is none.
+func (s *Store) latestRun(ctx context.Context, q querier) (*Run, error) {
+	return scanRun(q.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run ORDER BY id DESC LIMIT 1`)))
+}
+
+// LatestRun returns the newest run, or nil when there is none.
+func (s *Store) LatestRun(ctx context.Context) (*Run, error) { return s.latestRun(ctx, s.db) }
+
+// GetRun returns run id, or nil when there is no such run.
+func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
+	return scanRun(s.db.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// PlanSpec describes how to plan a new run.
+type PlanSpec struct {
+	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
+	// est_rows, read_from (see schema.sql); its parameters are $1 RangeFrom
+	// (or -infinity) and $2 MaxSliceRows.
+	SourceSQL string
+	// RangeFrom is the lower time bound; nil = all history.
+	RangeFrom *time.Time
+	// MaxSliceRows is SourceSQL's $2: most raw rows per window.
+	MaxSliceRows int64
+	// LogicVersion identifies the slice SQL the run is planned for.
+	LogicVersion string
+	// NewRun plans a fresh run even if the latest one is unfinished.
+	NewRun bool
+}
+
+// Start resumes the latest unfinished run or plans a new one, in one
+// transaction serialised per schema so that processes started together all
+// join the same run. It reports whether the run was planned now. A finished
+// latest run, or one planned by other slice logic, is returned as is
+// unless spec.NewRun is set: the caller says which.
+func (s *Store) Start(ctx context.Context, spec PlanSpec) (run *Run, planned bool, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, turnSQL, s.turn("plan")...); err != nil {
+			return err
+		}
+		latest, err := s.latestRun(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if latest != nil && !spec.NewRun {
+			run = latest
+			if latest.Finished() || latest.LogicVersion != spec.LogicVersion {
+				return nil
+			}
+			return s.reopen(ctx, tx, latest)
+		}
+		if latest != nil && !latest.Finished() {
+			if _, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'superseded', finished_at = now() WHERE id = $1`), latest.ID); err != nil {
+				return err
+			}
+		}
+		run, err = s.plan(ctx, tx, spec)
+		planned = true
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("start run: %w", err)
+	}
+	return run, planned, nil
+}
+
+// reopen makes an unfinished run runnable again: failed slices get another
+// chance, and the run is marked running.
+func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
+	_, err := tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice SET state = 'pending', owner = NULL, owner_pid = NULL, lease_until = NULL
+		WHERE run_id = $1 AND state = 'failed'`), run.ID)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.run SET state = 'running', started_at = coalesce(started_at, now()), last_error = NULL
+		WHERE id = $1`), run.ID)
+	run.State = StateRunning
+	return err
+}
+
+// plan inserts a run and its slices.
+func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
+	var id int64
+	err := tx.QueryRow(ctx, s.q(`
+		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, now())
+		RETURNING id`), spec.RangeFrom, spec.LogicVersion).Scan(&id)
+	if err != nil {
+		return nil, err
+	}
+	// Planning reads the whole history once, before any worker can start:
+	// the one statement where the server's parallel workers pay. INSERT …
+	// SELECT never runs in parallel and CREATE TABLE … AS may, so the slice
+	// list is first computed into a temporary table. The planner badly
+	// overestimates how many (workspace, day) groups the scan reduces to and
+	// would stay serial; the cost settings, local to this transaction, let
+	// it take the parallel plan (the server's worker limits still apply).
+	// work_mem keeps its hashes and sorts of (workspace, day) groups in
+	// memory: at the default 4 MB they spill to disk (about a tenth of the
+	// plan's time on a million usage rows).
+	_, err = tx.Exec(ctx, `SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'`)
+	if err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+spec.SourceSQL,
+		LowerBound(spec.RangeFrom), spec.MaxSliceRows)
+	if err != nil {
+		return nil, fmt.Errorf("plan slices: %w", err)
+	}
+	if _, err = tx.Exec(ctx, s.q(planSlicesSQL), id); err != nil {
+		return nil, fmt.Errorf("plan slices: %w", err)
+	}
+	// The slice table just grew by a whole run: without fresh statistics
+	// the planner takes the run for a handful of rows and picks plans
+	// that are quadratic in its size.
+	if _, err := tx.Exec(ctx, s.q(`ANALYZE _SCHEMA_.slice`)); err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.run r SET slices_total = c.n, rows_total = c.rows
+		FROM (SELECT count(*) AS n, coalesce(sum(est_rows), 0) AS rows FROM _SCHEMA_.slice WHERE run_id = $1) c
+		WHERE r.id = $1`), id)
+	if err != nil {
+		return nil, err
+	}
+	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// LowerBound turns an optional bound into a timestamptz parameter.
+func LowerBound(from *time.Time) pgtype.Timestamptz {
+	if from == nil {
+		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+	}
+	return pgtype.Timestamptz{Time: *from, Valid: true}
+}
+
+// Counts are the slices of a run by state.
+type Counts struct {
+	Total, Pending, Running, Done, Failed int64
+	RowsDone                              int64
+}
+
+// Unfinished is the number of slices that still need work.
+func (c Counts) Unfinished() int64 { return c.Pending + c.Running }
+
+func (s *Store) counts(ctx context.Context, q querier, runID int64) (Counts, error) {
+	var c Counts
+	err := q.QueryRow(ctx, s.q(`
+		SELECT count(*),
+		       count(*) FILTER (WHERE state = 'pending'),
+		       count(*) FILTER (WHERE state = 'running'),
+		       count(*) FILTER (WHERE state = 'done'),
+		       count(*) FILTER (WHERE state = 'failed'),
+		       coalesce(sum(est_rows) FILTER (WHERE state = 'done'), 0)
+		FROM _SCHEMA_.slice WHERE run_id = $1`), runID).
+		Scan(&c.Total, &c.Pending, &c.Running, &c.Done, &c.Failed, &c.RowsDone)
+	return c, err
+}
+
+// Counts returns the slices of run by state.
+func (s *Store) Counts(ctx context.Context, runID int64) (Counts, error) {
+	return s.counts(ctx, s.db, runID)
+}
+
+// Outcome is what Finish found and did.
+type Outcome struct {
+	Counts  Counts
+	Stamped bool // this call stamped the watermark
+	State   RunState
+}
+
+// StampFunc hands the rollup over to the cron job at the run's watermark
+// target; it reports false when there was nothing to stamp.
+type StampFunc func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error)
+
+// Finish closes the run if no slice is unfinished: done (stamping the
+// watermark through stamp, exactly once) when every slice is done, failed
+// when some failed. The run row is locked first, so when several processes
+// finish together exactly one of them sees the last slice done and stamps.
+func (s *Store) Finish(ctx context.Context, runID int64, stamp StampFunc) (Outcome, error) {
+	var out Outcome
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		var target time.Time
+		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
+			Scan(&out.State, &target)
+		if err != nil {
+			return err
+		}
+		if out.Counts, err = s.counts(ctx, tx, runID); err != nil {
+			return err
+		}
+		if out.State == StateDone || out.State == StateSuperseded || out.Counts.Unfinished() > 0 {
+			return nil
+		}
+		if out.Counts.Failed > 0 {
+			out.State = StateFailed
+			_, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'failed', finished_at = now(),
+				last_error = $2 WHERE id = $1`), runID, fmt.Sprintf("%d slices failed", out.Counts.Failed))
+			return err
+		}
+		if out.Stamped, err = stamp(ctx, tx, target); err != nil {
+			return err
+		}
+		out.State = StateDone
+		_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'done', finished_at = now(), last_error = NULL,
+			watermark_stamped_at = CASE WHEN $2 THEN now() END WHERE id = $1`), runID, out.Stamped)
+		return err
+	})
+	if err != nil {
+		return out, fmt.Errorf("finish run %d: %w", runID, err)
+	}
+	return out, nil
+}
+
+// SetState records a run state (running, interrupted) unless the run has
+// already ended.
+func (s *Store) SetState(ctx context.Context, runID int64, state RunState) error {
+	_, err := s.db.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = $2
+		WHERE id = $1 AND state NOT IN ('done', 'superseded', 'failed')`), runID, state)
+	return err
+}

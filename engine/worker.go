@@ -1,0 +1,324 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// work runs the worker pool until no slice of the run is left for it.
+func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Result) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		lock.watch(ctx, cancel)
+	}()
+	// The watcher uses the lock connection: it must be gone before the
+	// caller closes that connection.
+	defer func() {
+		cancel(nil)
+		<-watching
+	}()
+
+	limit := rate.Inf
+	if e.cfg.Rate > 0 {
+		limit = rate.Limit(e.cfg.Rate)
+	}
+	w := &workers{
+		e:        e,
+		lock:     lock,
+		runID:    runID,
+		limiter:  rate.NewLimiter(limit, e.cfg.Burst),
+		claimant: checkpoint.Claimant{Owner: e.cfg.Owner, PID: lock.pid},
+		limits:   checkpoint.BatchLimits{Rows: e.cfg.BatchRows, Slices: e.cfg.batchSlices()},
+		done:     make(chan struct{}),
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.renew(gctx) })
+	var pool sync.WaitGroup
+	for range e.cfg.Concurrency {
+		pool.Add(1)
+		g.Go(func() error {
+			defer pool.Done()
+			return w.loop(gctx)
+		})
+	}
+	g.Go(func() error {
+		// The renewer stops once every worker is done.
+		pool.Wait()
+		close(w.done)
+		return nil
+	})
+	err := g.Wait()
+	res.Executed += w.executed.Load()
+	res.RowsWritten += w.rows.Load()
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return err
+}
+
+// workers is the shared state of one process's pool.
+type workers struct {
+	e        *Engine
+	lock     *cronLock
+	runID    int64
+	limiter  *rate.Limiter
+	claimant checkpoint.Claimant
+	limits   checkpoint.BatchLimits
+	executed atomic.Int64
+	rows     atomic.Int64
+	done     chan struct{} // closed when every worker has returned
+}
+
+// pollInterval is how often an idle worker looks again while slices are
+// still held by workers of other processes (whose leases may run out).
+const pollInterval = time.Second
+
+func (w *workers) loop(ctx context.Context) error {
+	failures := 0 // consecutive failed claims
+	for {
+		// --rate counts slices, not batches. The first slice's token is
+		// taken before the claim, so a throttled worker holds no claim
+		// while the bucket is empty; the batch's other slices take theirs
+		// before it starts (with a rate, a batch holds at most --burst
+		// slices, so the bucket can always cover it).
+		if err := w.take(ctx, 1); err != nil {
+			return err
+		}
+		batch, err := w.claim(ctx)
+		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
+			failures++
+			w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", failures, "err", err)
+			if err := sleep(ctx, backoff(w.e.cfg.Backoff, failures)); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		failures = 0
+		if batch == nil {
+			more, err := w.workElsewhere(ctx)
+			if err != nil || !more {
+				return err
+			}
+			if err := sleep(ctx, pollInterval); err != nil {
+				return err
+			}
+			continue
+		}
+		// A cancel while waiting hands the claimed batch back with the rest.
+		if err := w.take(ctx, len(batch.Slices)-1); err != nil {
+			return err
+		}
+		err = w.batch(ctx, *batch)
+		if err != nil {
+			return err
+		}
+		if err := sleep(ctx, w.e.cfg.SleepBetweenSlices); err != nil {
+			return err
+		}
+	}
+}
+
+// take waits for n tokens of the rate limiter. The limiter refuses at once
+// a wait that would outlast ctx's deadline; that ends here when the
+// deadline does, so the run stops as interrupted, not failed.
+func (w *workers) take(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	err := w.limiter.WaitN(ctx, n)
+	if _, hasDeadline := ctx.Deadline(); err != nil && ctx.Err() == nil && hasDeadline {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return err
+}
+
+// claim claims the next batch. The claim statement is never cut short
+// by a cancel: a statement abandoned mid-way may still commit on the server
+// after this process has handed its claims back, leaving them looking
+// taken. A batch claimed just as the run was cancelled is returned with the
+// cancellation, and handed back with the rest.
+func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	batch, err := w.e.store.Claim(cctx, w.runID, w.claimant, w.limits, w.e.cfg.Lease)
+	if err == nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return batch, err
+}
+
+// workElsewhere reports whether this idle worker should wait: slices are
+// unfinished but claimed by other processes, which may yet abandon them.
+// Slices in flight in this process need no waiting for: their workers see
+// them through.
+func (w *workers) workElsewhere(ctx context.Context) (bool, error) {
+	return w.e.store.WorkElsewhere(ctx, w.runID, w.claimant.Owner)
+}
+
+// batch runs one claimed batch to an end: done, failed, or lost. Only an
+// error that stops the whole process (cancel, lost lock, checkpoint
+// unreachable) is returned.
+func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
+	cfg := w.e.cfg
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		rows, err := w.execute(ctx, batch)
+		took := time.Since(start)
+		switch {
+		case err == nil:
+			w.executed.Add(int64(len(batch.Slices)))
+			w.rows.Add(rows)
+			for _, sl := range batch.Slices {
+				w.emit(Event{Kind: SliceDone, Slice: sl, Duration: took, Rows: rows})
+				rows = 0 // the batch's rows are reported once
+			}
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, checkpoint.ErrLostClaim):
+			cfg.Logger.Warn("claim taken over by another worker; dropping it", "batch", batch.String())
+			if err := w.e.store.ReleaseBatch(ctx, batch, cfg.Owner); err != nil {
+				return fmt.Errorf("hand back the rest of %s: %w", batch, err)
+			}
+			for _, sl := range batch.Slices {
+				w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
+			}
+			return nil
+		case errors.Is(err, checkpoint.ErrNotProtected):
+			return fmt.Errorf("%w: %w", ErrLockLost, err)
+		case retryable(err) && attempt < cfg.MaxAttempts:
+			delay := backoff(cfg.Backoff, attempt)
+			cfg.Logger.Warn("transient error; retrying", "batch", batch.String(), "attempt", attempt, "in", delay, "err", err)
+			for _, sl := range batch.Slices {
+				w.emit(Event{Kind: SliceRetry, Slice: sl, Duration: took, Err: err})
+			}
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+		case len(batch.Slices) > 1:
+			// Find the culprit: run the slices one by one, so only the
+			// slice that cannot be done is marked failed.
+			cfg.Logger.Warn("batch failed; retrying its slices one by one", "batch", batch.String(), "err", err)
+			for _, sl := range batch.Slices {
+				single, _ := shard.NewBatch([]shard.Slice{sl})
+				if err := w.batch(ctx, single); err != nil {
+					return err
+				}
+			}
+			return nil
+		default:
+			sl := batch.Slices[0]
+			err = fmt.Errorf("%s: %w", sl, err)
+			cfg.Logger.Error("slice failed", "slice", sl.String(), "attempt", attempt, "err", err)
+			w.emit(Event{Kind: SliceFailed, Slice: sl, Duration: took, Err: err})
+			if ferr := w.e.store.Fail(ctx, sl, cfg.Owner, err); ferr != nil {
+				return fmt.Errorf("record failure of %s: %w", sl, ferr)
+			}
+			return nil
+		}
+	}
+}
+
+// execute replaces a batch's rollup rows and marks its slices done in one
+// transaction, fenced by the claim and the cron lock (checkpoint.Fenced
+// keeps the order). The whole transaction but its COMMIT travels in one
+// round trip.
+func (w *workers) execute(ctx context.Context, batch shard.Batch) (int64, error) {
+	var rows int64
+	stmts := w.e.store.Fenced(batch, w.claimant, txSettings(w.e.cfg), func(tx *pgx.Batch) {
+		w.e.job.Queue(tx, batch, &rows)
+	})
+	br := w.e.db.SendBatch(ctx, stmts)
+	tx := br.Tx()
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tx.Rollback(rctx) // no-op after a commit
+	}()
+	if err := br.Close(); err != nil {
+		return 0, err
+	}
+	return rows, tx.Commit(ctx)
+}
+
+// txSettings are the settings local to a slice transaction. A commit lost
+// to synchronous_commit = off only means its slices are redone (their done
+// marks are lost with their rows), and the watermark stamp is a durable
+// commit that flushes every earlier one. Parallel query is off because the
+// pool already keeps the cores busy, JIT because its compile time dwarfs a
+// slice's run time. work_mem lets a batch sort and hash in memory.
+func txSettings(cfg Config) map[string]string {
+	settings := map[string]string{
+		"synchronous_commit": "off", "max_parallel_workers_per_gather": "0", "jit": "off", "work_mem": "64MB",
+	}
+	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
+		if d > 0 {
+			settings[name] = fmt.Sprintf("%dms", d.Milliseconds())
+		}
+	}
+	return settings
+}
+
+// renew keeps this process's claims alive until the workers are done.
+func (w *workers) renew(ctx context.Context) error {
+	tick := time.NewTicker(w.e.cfg.Lease / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.done:
+			return nil
+		case <-tick.C:
+		}
+		if err := w.e.store.Renew(ctx, w.runID, w.claimant.Owner, w.e.cfg.Lease); err != nil && ctx.Err() == nil {
+			w.e.cfg.Logger.Warn("lease renewal failed", "err", err)
+		}
+	}
+}
+
+func (w *workers) emit(ev Event) {
+	if w.e.cfg.OnEvent != nil {
+		w.e.cfg.OnEvent(ev)
+	}
+}
+
+// backoff is the delay before retry number attempt: exponential with full
+// jitter, capped, so workers hitting the same fault spread out.
+func backoff(base time.Duration, attempt int) time.Duration {
+	d := base << min(attempt-1, 5)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
