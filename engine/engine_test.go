@@ -24,8 +24,6 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-
-
 func run(t *testing.T, e *engine.Engine) *engine.Result {
 	t.Helper()
 	res, err := e.Run(context.Background())

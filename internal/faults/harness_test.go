@@ -25,8 +25,6 @@ import (
 	"github.com/shardfill/shardfill/shard"
 )
 
-
-
 // tiny is a history small enough that a slow slice trigger still lets a
 // whole run finish in seconds, with enough slices (about 40) that a fault
 // lands in the middle of a run.

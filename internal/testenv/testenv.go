@@ -15,8 +15,8 @@ import (
 
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/job"
 )
 
 // Small is a history with every edge case that loads in well under a second.
