@@ -35,9 +35,8 @@ type Job interface {
 	// that a run limited to start at at would leave out.
 	HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error)
 	// Queue appends the statements that replace a batch's rollup rows to
-	// b, which runs inside the batch's transaction; *written receives the
-	// rows written.
-	Queue(b *pgx.Batch, w shard.Batch, written *int64)
+	// tx, the batch's transaction; *written receives the rows written.
+	Queue(tx *pgx.Batch, batch shard.Batch, written *int64)
 	// Stamp hands over to the incremental job at the watermark.
 	Stamp(ctx context.Context, tx job.Querier, at time.Time) (bool, error)
 }

@@ -145,7 +145,7 @@ func (*Hourly) PlanSQL() string { return planSQL }
 // workspace path.
 const timePathCost = 2
 
-// Queue appends to b the statements that replace the buckets of batch w:
+// Queue appends to tx the statements that replace the buckets of batch:
 // delete the batch's buckets, then insert the aggregate of its raw rows.
 // Deleting first and inserting second (rather than one statement) keeps the
 // unique key from ever seeing old and new rows at once. *written receives
@@ -160,12 +160,12 @@ const timePathCost = 2
 // workspaces' rows in that span. A batch of a small workspace's months
 // takes the first; a short slice of a big workspace, or one month of many
 // workspaces, the second.
-func (h *Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
+func (h *Hourly) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 	insert := distinctInserts
 	if h.usageKeyed {
 		insert = rowInserts
 	}
-	spans := w.Spans()
+	spans := batch.Spans()
 	ws := make([]string, len(spans))
 	from, to := make([]time.Time, len(spans)), make([]time.Time, len(spans))
 	for i, s := range spans {
@@ -175,13 +175,13 @@ func (h *Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 		*written += ct.RowsAffected()
 		return nil
 	}
-	b.Queue(deleteSQL, ws, from, to)
-	if w.WindowRows > 0 && timePathCost*w.WindowRows < w.WorkspaceRows {
-		lo, hi := w.Bounds()
+	tx.Queue(deleteSQL, ws, from, to)
+	if batch.WindowRows > 0 && timePathCost*batch.WindowRows < batch.WorkspaceRows {
+		lo, hi := batch.Bounds()
 		if spansEqual(spans, lo, hi) {
-			b.Queue(insert.byWindow, ws, lo, hi).Exec(count)
+			tx.Queue(insert.byWindow, ws, lo, hi).Exec(count)
 		} else {
-			b.Queue(insert.byTime, ws, lo, hi, from, to).Exec(count)
+			tx.Queue(insert.byTime, ws, lo, hi, from, to).Exec(count)
 		}
 		return
 	}
@@ -189,8 +189,8 @@ func (h *Hourly) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 	// an index lookup keyed by the one before; planning them in that order
 	// rather than searching all orders takes a third off the planning,
 	// which is about a quarter of what a one-slice batch costs the server.
-	b.Queue(`SET LOCAL join_collapse_limit = 1`)
-	b.Queue(insert.byWorkspace, ws, from, to, w.ReadFrom()).Exec(count)
+	tx.Queue(`SET LOCAL join_collapse_limit = 1`)
+	tx.Queue(insert.byWorkspace, ws, from, to, batch.ReadFrom()).Exec(count)
 }
 
 // spansEqual reports whether every span covers exactly [lo, hi) and no
@@ -207,14 +207,14 @@ func spansEqual(spans []shard.Span, lo, hi time.Time) bool {
 // Apply replaces the buckets of one slice inside tx, outside any run (verify
 // --repair, benchmarks). It returns the rollup rows written.
 func (h *Hourly) Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error) {
-	w, err := shard.NewBatch([]shard.Slice{s})
+	batch, err := shard.NewBatch([]shard.Slice{s})
 	if err != nil {
 		return 0, err
 	}
-	var b pgx.Batch
+	var stmts pgx.Batch
 	var written int64
-	h.Queue(&b, w, &written)
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+	h.Queue(&stmts, batch, &written)
+	if err := tx.SendBatch(ctx, &stmts).Close(); err != nil {
 		return 0, fmt.Errorf("%s: %w", s, err)
 	}
 	return written, nil

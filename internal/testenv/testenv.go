@@ -121,7 +121,7 @@ func tryCronLockOnce(t testing.TB, url string) bool {
 	}
 	defer tx.Rollback(ctx)
 	var got bool
-	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(4246)`).Scan(&got); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(job.CronLockKey)).Scan(&got); err != nil {
 		t.Fatal(err)
 	}
 	return got
