@@ -94,6 +94,18 @@ func (s *Store) claim(ctx context.Context, sql string, single bool, runID int64,
 	if !single {
 		stmts.Queue(turnSQL, s.turn("claim", runID)...)
 	}
+	// A run replaced by a newer one hands out nothing: its processes stop
+	// rather than write beside the new run.
+	stmts.Queue(s.q(`SELECT state FROM _SCHEMA_.run WHERE id = $1`), runID).QueryRow(func(row pgx.Row) error {
+		var state RunState
+		if err := row.Scan(&state); err != nil {
+			return err
+		}
+		if state == StateSuperseded {
+			return fmt.Errorf("run %d: %w", runID, ErrSuperseded)
+		}
+		return nil
+	})
 	var got []shard.Slice
 	var cost readCost
 	stmts.Queue(s.q(sql), append([]any{runID, c.Owner, c.PID, lease.Milliseconds()}, extra...)...).Query(func(rows pgx.Rows) error {

@@ -54,19 +54,27 @@ func (s *Store) Fenced(batch shard.Batch, c Claimant, settings map[string]string
 		}
 		tx.Queue(`SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)`, names, values)
 	}
-	s.queueFence(&tx, c)
+	s.queueFence(&tx, batch.Slices[0].RunID, c)
 	work(&tx)
 	s.queueDone(&tx, batch, c)
 	return &tx
 }
 
-// queueFence appends the fence: c's lock connection holds the cron lock,
-// and this transaction takes it in shared mode.
-func (s *Store) queueFence(tx *pgx.Batch, c Claimant) {
-	tx.Queue(`SELECT `+s.lock.HeldBy("$1")+`, pg_try_advisory_xact_lock_shared($2)`, c.PID, int64(s.lock)).QueryRow(func(row pgx.Row) error {
-		var held, shared bool
-		if err := row.Scan(&held, &shared); err != nil {
+// queueFence appends the fence: the run is not superseded, c's lock
+// connection holds the cron lock, and this transaction takes it in shared
+// mode. The run's state is read without a lock: a run superseded just after
+// the check commits one more batch, which the new run replaces in turn
+// (concurrent replaces of one bucket wait for each other on the unique
+// key, and the loser retries).
+func (s *Store) queueFence(tx *pgx.Batch, runID int64, c Claimant) {
+	tx.Queue(s.q(`SELECT `+s.lock.HeldBy("$1")+`, pg_try_advisory_xact_lock_shared($2),
+		(SELECT state = 'superseded' FROM _SCHEMA_.run WHERE id = $3)`), c.PID, int64(s.lock), runID).QueryRow(func(row pgx.Row) error {
+		var held, shared, superseded bool
+		if err := row.Scan(&held, &shared, &superseded); err != nil {
 			return err
+		}
+		if superseded {
+			return fmt.Errorf("run %d: %w", runID, ErrSuperseded)
 		}
 		if !held {
 			return fmt.Errorf("cron lock %d: %w", int64(s.lock), ErrNotProtected)

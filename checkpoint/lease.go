@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/shardfill/shardfill/shard"
@@ -57,14 +58,19 @@ func (s *Store) Renew(ctx context.Context, runID int64, owner string, lease time
 
 // WorkElsewhere reports whether run has slices that are neither done nor
 // failed and not held by owner: pending ones, or ones other processes are
-// working on (which may yet be abandoned to owner). Cheap on any run size:
+// working on (which may yet be abandoned to owner); ErrSuperseded when the
+// run was replaced by a newer one. Cheap on any run size:
 // both conditions are partial-index lookups.
 func (s *Store) WorkElsewhere(ctx context.Context, runID int64, owner string) (bool, error) {
-	var any bool
+	var any, superseded bool
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'pending')
-		    OR EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'running' AND owner <> $2)`),
-		runID, owner).Scan(&any)
+		    OR EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'running' AND owner <> $2),
+		       (SELECT state = 'superseded' FROM _SCHEMA_.run WHERE id = $1)`),
+		runID, owner).Scan(&any, &superseded)
+	if err == nil && superseded {
+		return false, fmt.Errorf("run %d: %w", runID, ErrSuperseded)
+	}
 	return any, err
 }
 

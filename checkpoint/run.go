@@ -91,6 +91,23 @@ type PlanSpec struct {
 	LogicVersion string
 	// NewRun plans a fresh run even if the latest one is unfinished.
 	NewRun bool
+	// Force lets NewRun supersede a run that other processes still work
+	// on; they stop within seconds.
+	Force bool
+	// Self is the backend pid of the caller's lock connection: the
+	// membership lock it holds is not another process's.
+	Self int
+}
+
+// BusyError refuses to supersede a run that other processes still work on
+// (PlanSpec.Force overrides it).
+type BusyError struct {
+	RunID int64
+	PIDs  []int // backends of the processes working on it
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("run %d is still being worked on by %d other processes (lock backends %v)", e.RunID, len(e.PIDs), e.PIDs)
 }
 
 // Start resumes the latest unfinished run or plans a new one, in one
@@ -115,6 +132,13 @@ func (s *Store) Start(ctx context.Context, spec PlanSpec) (run *Run, planned boo
 			return s.reopen(ctx, tx, latest)
 		}
 		if latest != nil && !latest.Finished() {
+			members, err := s.Members(ctx, spec.Self)
+			if err != nil {
+				return err
+			}
+			if len(members) > 0 && !spec.Force {
+				return &BusyError{RunID: latest.ID, PIDs: members}
+			}
 			if _, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'superseded', finished_at = now() WHERE id = $1`), latest.ID); err != nil {
 				return err
 			}
@@ -231,9 +255,16 @@ func (s *Store) Counts(ctx context.Context, runID int64) (Counts, error) {
 
 // Outcome is what Finish found and did.
 type Outcome struct {
-	Counts  Counts
-	Stamped bool // this call stamped the watermark
-	State   RunState
+	Counts Counts
+	State  RunState
+	// Closed: this call ended the run (done or failed); false when another
+	// process had ended it, or work remains.
+	Closed bool
+	// Stamped: the watermark was stamped at the run's target, by this call
+	// or, when Closed is false, by the process that ended the run.
+	Stamped bool
+	// StampedAt is when the watermark was stamped, nil if it was not.
+	StampedAt *time.Time
 }
 
 // StampFunc hands the rollup over to the cron job at the run's watermark
@@ -248,17 +279,19 @@ func (s *Store) Finish(ctx context.Context, runID int64, stamp StampFunc) (Outco
 	var out Outcome
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		var target time.Time
-		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
-			Scan(&out.State, &target)
+		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target, watermark_stamped_at FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
+			Scan(&out.State, &target, &out.StampedAt)
 		if err != nil {
 			return err
 		}
+		out.Stamped = out.StampedAt != nil
 		if out.Counts, err = s.counts(ctx, tx, runID); err != nil {
 			return err
 		}
 		if out.State == StateDone || out.State == StateSuperseded || out.Counts.Unfinished() > 0 {
 			return nil
 		}
+		out.Closed = true
 		if out.Counts.Failed > 0 {
 			out.State = StateFailed
 			_, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'failed', finished_at = now(),
@@ -269,9 +302,9 @@ func (s *Store) Finish(ctx context.Context, runID int64, stamp StampFunc) (Outco
 			return err
 		}
 		out.State = StateDone
-		_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'done', finished_at = now(), last_error = NULL,
-			watermark_stamped_at = CASE WHEN $2 THEN now() END WHERE id = $1`), runID, out.Stamped)
-		return err
+		return tx.QueryRow(ctx, s.q(`UPDATE _SCHEMA_.run SET state = 'done', finished_at = now(), last_error = NULL,
+			watermark_stamped_at = CASE WHEN $2 THEN now() END WHERE id = $1 RETURNING watermark_stamped_at`), runID, out.Stamped).
+			Scan(&out.StampedAt)
 	})
 	if err != nil {
 		return out, fmt.Errorf("finish run %d: %w", runID, err)

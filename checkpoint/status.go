@@ -68,16 +68,15 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	}
 	if run.State == StateRunning {
 		// A process that was killed could not say so. Every process that
-		// works on a run holds the cron lock in shared mode; if none does,
-		// nobody is working and the run is interrupted.
-		var working bool
-		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks l
-			WHERE `+s.lock.Is("l")+` AND l.mode = 'ShareLock' AND l.granted
-			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&working)
+		// works on one of this schema's runs holds the schema's membership
+		// lock; if none does, nobody is working and the run is interrupted.
+		// (The cron lock alone would count another schema's run, a repair,
+		// or any other session that holds it.)
+		members, err := s.Members(ctx, 0)
 		if err != nil {
 			return nil, fmt.Errorf("status: %w", err)
 		}
-		if !working {
+		if len(members) == 0 {
 			st.State = StateInterrupted
 		}
 	}

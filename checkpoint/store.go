@@ -1,6 +1,8 @@
 package checkpoint
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -48,4 +50,20 @@ func (s *Store) turn(kind string, run ...int64) []any {
 		name += ":" + strconv.FormatInt(id, 10)
 	}
 	return []any{serialClass, name}
+}
+
+// MaxSchemaName is the longest schema name PostgreSQL keeps whole; a longer
+// one is truncated, and two long names would name one schema.
+const MaxSchemaName = 63
+
+// ValidSchema refuses a schema name PostgreSQL would not keep as given.
+func ValidSchema(schema string) error {
+	switch {
+	case schema == "":
+		return errors.New("the checkpoint schema name must not be empty")
+	case len(schema) > MaxSchemaName:
+		return fmt.Errorf("the checkpoint schema name is %d bytes long; PostgreSQL keeps %d and would truncate it (two long names could then share one schema)",
+			len(schema), MaxSchemaName)
+	}
+	return nil
 }

@@ -45,6 +45,10 @@ type Config struct {
 	// NewRun plans a fresh run even when an unfinished one exists.
 	// Default false.
 	NewRun bool
+	// Force lets NewRun supersede a run that other processes still work
+	// on (they stop within seconds); without it that is refused. Default
+	// false.
+	Force bool
 	// PlanOnly plans (or finds) the run and returns without executing a
 	// slice: plan ahead, then start workers later or on other hosts.
 	// Default false.
@@ -166,6 +170,8 @@ func (c Config) Validate() error {
 		return bad("StatementTimeout", "must not be negative", c.StatementTimeout)
 	case c.LockTimeout < 0:
 		return bad("LockTimeout", "must not be negative", c.LockTimeout)
+	case c.Force && !c.NewRun:
+		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:
 		return &ConfigError{Msg: "{ForcePartial} only makes sense with {MonthsBack}"}
 	}

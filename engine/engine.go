@@ -82,6 +82,9 @@ func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	if err := checkpoint.ValidSchema(schema); err != nil {
+		return nil, &ConfigError{"{Schema}: " + err.Error()}
+	}
 	return &Engine{db: db, store: checkpoint.New(db, schema, j.CronLockKey()), job: j, cfg: c}, nil
 }
 
@@ -130,10 +133,18 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	if err := e.store.Migrate(ctx); err != nil {
 		return nil, interrupted(ctx, err)
 	}
+	if err := e.join(ctx, lock); err != nil {
+		return nil, interrupted(ctx, err)
+	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
 		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows,
-		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid,
 	})
+	var busy *checkpoint.BusyError
+	if errors.As(err, &busy) {
+		return nil, &ConfigError{fmt.Sprintf("{NewRun} would supersede run %d while %d other processes still work on it (lock backends %v): "+
+			"stop them first, or add {Force} to supersede it anyway (they stop within seconds)", busy.RunID, len(busy.PIDs), busy.PIDs)}
+	}
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}
@@ -183,13 +194,35 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	switch {
 	case res.Outcome.State == checkpoint.StateFailed:
 		return res, &FailedError{RunID: run.ID, Failed: res.Outcome.Counts.Failed}
-	case res.Outcome.Stamped:
+	case res.Outcome.State != checkpoint.StateDone:
+	case res.Outcome.Stamped && res.Outcome.Closed:
 		log.Info("run done; watermark stamped", "run", run.ID, "watermark_at", run.WatermarkTarget.UTC().Format(time.RFC3339))
-	case res.Outcome.State == checkpoint.StateDone:
-		log.Warn("run done but task_usage_hourly_rollup_state has no row id=1: watermark NOT stamped; "+
+	case res.Outcome.Stamped:
+		log.Info("run already done; the watermark was stamped by another process", "run", run.ID,
+			"watermark_at", run.WatermarkTarget.UTC().Format(time.RFC3339), "stamped_at", res.Outcome.StampedAt.UTC().Format(time.RFC3339))
+	default:
+		log.Warn("run done but the job found nothing to stamp: watermark NOT stamped; "+
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
 	return res, nil
+}
+
+// join makes this process a member of the schema's runs, on its lock
+// connection, after making sure that no backfill of another checkpoint
+// schema works on the same rollup: each would take the other's writes for
+// its own. Joining first and looking second means two processes of two
+// schemas starting together both see the other and both refuse, rather
+// than both going on.
+func (e *Engine) join(ctx context.Context, lock *cronLock) error {
+	if err := e.store.Join(ctx, lock.conn); err != nil {
+		return err
+	}
+	other, err := e.store.OtherSchemas(ctx)
+	if err != nil || other == "" {
+		return err
+	}
+	return &ConfigError{fmt.Sprintf("another backfill, with other checkpoint tables ({Schema}), is working on this database's rollup (%s): "+
+		"two runs must never write the same rollup; wait for it to end or stop it, then use one schema", other)}
 }
 
 // workUntilDone runs the pool until no slice is left for this process.

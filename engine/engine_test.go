@@ -725,7 +725,7 @@ func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
 }
 
 // A run left 'running' by a process that was killed (it could not record
-// anything) is reported as interrupted: nobody holds the cron lock for it.
+// anything) is reported as interrupted: no process of its schema is alive.
 func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
@@ -737,12 +737,29 @@ func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	if err != nil || st.State != checkpoint.StateInterrupted {
 		t.Fatalf("status state %q (%v), want interrupted", st.State, err)
 	}
-	// While a process holds the lock for it, it is running.
+	// A session that holds the cron lock but works for no run of this
+	// schema (another schema's run, a repair, a leaked pooled lock) does
+	// not make it running.
 	holder := testenv.Conn(t, url)
 	if _, err := holder.Exec(context.Background(), `SELECT pg_advisory_lock_shared(4246)`); err != nil {
 		t.Fatal(err)
 	}
+	if st, err = store.Status(context.Background(), mustRun(t, store, res.Run.ID)); err != nil || st.State != checkpoint.StateInterrupted {
+		t.Fatalf("status state %q (%v) with only a foreign holder of the cron lock, want interrupted", st.State, err)
+	}
+	other := checkpoint.New(pool, "other_schema", job.CronLockKey)
+	if err := other.Join(context.Background(), holder); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = store.Status(context.Background(), mustRun(t, store, res.Run.ID)); err != nil || st.State != checkpoint.StateInterrupted {
+		t.Fatalf("status state %q (%v) with a worker of another schema, want interrupted", st.State, err)
+	}
+	// While a process of this schema works (it holds the membership lock,
+	// whether or not it holds a claim right now), it is running.
+	if err := store.Join(context.Background(), holder); err != nil {
+		t.Fatal(err)
+	}
 	if st, err = store.Status(context.Background(), mustRun(t, store, res.Run.ID)); err != nil || st.State != checkpoint.StateRunning {
-		t.Fatalf("status state %q (%v) with a worker holding the lock, want running", st.State, err)
+		t.Fatalf("status state %q (%v) with a worker of this schema, want running", st.State, err)
 	}
 }

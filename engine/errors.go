@@ -71,7 +71,8 @@ func retryable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case "40001", // serialization_failure
+		case "23505", // unique_violation: another transaction replaced the same buckets at once (a takeover, a superseded run's last batch); replaying the replace is safe
+			"40001", // serialization_failure
 			"40P01", // deadlock_detected
 			"55P03", // lock_not_available (lock_timeout)
 			"57014", // query_canceled (statement_timeout)

@@ -99,6 +99,16 @@ func (e *Engine) repair(ctx context.Context, v Verifier, bad []job.Mismatch) err
 		return err
 	}
 	defer lock.Close()
+	// A repair beside a live run would replace buckets under its feet; the
+	// run's own slices repair what they write anyway.
+	members, err := e.store.Members(ctx, 0)
+	if err != nil {
+		return err
+	}
+	if len(members) > 0 {
+		return &ConfigError{fmt.Sprintf("refusing to repair while %d processes work on a run of this schema (lock backends %v): "+
+			"let the run finish (it rewrites what it covers) or stop it, then repair", len(members), members)}
+	}
 	for _, m := range bad {
 		sl := shard.Slice{Workspace: m.Workspace, From: m.Month, To: shard.NextMonth(m.Month)}
 		err := pgx.BeginFunc(ctx, e.db, func(tx pgx.Tx) error {

@@ -202,6 +202,8 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 				w.emit(Event{Kind: SliceLost, Slice: sl, Duration: took, Err: err})
 			}
 			return nil
+		case errors.Is(err, checkpoint.ErrSuperseded):
+			return err
 		case errors.Is(err, checkpoint.ErrNotProtected):
 			return fmt.Errorf("%w: %w", ErrLockLost, err)
 		case retryable(err) && attempt < cfg.MaxAttempts:

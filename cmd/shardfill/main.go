@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"unicode"
 
+	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 )
 
@@ -59,6 +60,8 @@ func describe(err error) string {
 		return err.Error() + "; start over with `shardfill run --new-run`"
 	case errors.As(err, &failed):
 		return err.Error() + " (see `shardfill status`)"
+	case errors.Is(err, checkpoint.ErrSuperseded):
+		return err.Error() + " (--new-run): this process stopped; run `shardfill run` again to join the new run"
 	case errors.Is(err, engine.ErrInterrupted):
 		return err.Error() + "; run `shardfill run` again to resume"
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/job"
 )
@@ -75,8 +75,8 @@ func (g *globals) setup() error {
 	default:
 		return usageError{fmt.Errorf("--log-format must be text or json, got %q", g.logFormat)}
 	}
-	if g.schema == "" {
-		return usageError{errors.New("--schema must not be empty")}
+	if err := checkpoint.ValidSchema(g.schema); err != nil {
+		return usageError{fmt.Errorf("--schema: %w", err)}
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
 	fs.IntVar(&cfg.MonthsBack, "months-back", cfg.MonthsBack, "only the last N UTC calendar months, the current one included (0 = all history)")
 	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
 	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
+	fs.BoolVar(&cfg.Force, "force", false, "with --new-run: supersede the unfinished run even while other processes work on it (they stop within seconds)")
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -66,8 +67,11 @@ against one database at once: they share the run.`,
 			case res.NothingToDo:
 				printf(g.out, "run %d is already done (watermark stamped %s); nothing to do. Use --new-run to backfill again.\n",
 					res.Run.ID, stampedAt(res.Run))
-			case res.Outcome.Stamped:
+			case res.Outcome.Stamped && res.Outcome.Closed:
 				printf(g.out, "run %d done: watermark stamped at %s\n", res.Run.ID, res.Run.WatermarkTarget.UTC().Format(time.RFC3339))
+			case res.Outcome.Stamped:
+				printf(g.out, "run %d already done: watermark %s stamped by another process at %s\n", res.Run.ID,
+					res.Run.WatermarkTarget.UTC().Format(time.RFC3339), res.Outcome.StampedAt.UTC().Format(time.RFC3339))
 			case res.Outcome.State == checkpoint.StateDone:
 				printf(g.out, "run %d done, but the watermark was NOT stamped: task_usage_hourly_rollup_state has no row\n", res.Run.ID)
 			default:

@@ -1,0 +1,169 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/internal/testenv"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
+)
+
+// slowJob makes every batch take at least 50 ms on the server, so a run
+// lasts long enough for another process to act beside it.
+type slowJob struct{ job.Hourly }
+
+func (s *slowJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
+	tx.Queue(`SELECT pg_sleep(0.05)`)
+	s.Hourly.Queue(tx, batch, written)
+}
+
+// startSlowRun starts a slow one-slice-per-batch run on url in the
+// background, waits until it has committed a few slices, and returns its
+// outcome channel.
+func startSlowRun(t *testing.T, url string) <-chan error {
+	t.Helper()
+	var done atomic.Int64
+	working := make(chan struct{})
+	var once sync.Once
+	e := testenv.Engine(t, url, &slowJob{}, engine.Config{Concurrency: 1, BatchSlices: 1, OnEvent: func(ev engine.Event) {
+		if ev.Kind == engine.SliceDone && done.Add(1) == 3 {
+			once.Do(func() { close(working) })
+		}
+	}})
+	end := make(chan error, 1)
+	go func() {
+		_, err := e.Run(context.Background())
+		end <- err
+	}()
+	select {
+	case <-working:
+	case err := <-end:
+		t.Fatalf("the slow run ended before it was under way: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the slow run did not get under way")
+	}
+	return end
+}
+
+// --new-run beside a process still working on the current run is refused
+// unless forced; forced, the old process stops within seconds with a
+// clear error, the new run ends done without a failed slice, and the
+// rollup equals the oracle.
+func TestNewRunSupersedesALiveRunOnlyWithForce(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	old := startSlowRun(t, url)
+
+	_, err := testenv.Engine(t, url, nil, engine.Config{NewRun: true}).Run(context.Background())
+	var cfgErr *engine.ConfigError
+	if !errors.As(err, &cfgErr) || !strings.Contains(cfgErr.Error(), "Force") {
+		t.Fatalf("--new-run beside a live process: %v, want a refusal that names Force", err)
+	}
+
+	res, err := testenv.Engine(t, url, nil, engine.Config{NewRun: true, Force: true}).Run(context.Background())
+	if err != nil {
+		t.Fatalf("forced new run: %v", err)
+	}
+	if res.Outcome.State != checkpoint.StateDone || res.Outcome.Counts.Failed != 0 {
+		t.Fatalf("forced new run ended %s with %d failed slices", res.Outcome.State, res.Outcome.Counts.Failed)
+	}
+	select {
+	case err := <-old:
+		if !errors.Is(err, checkpoint.ErrSuperseded) {
+			t.Fatalf("the superseded process ended with %v, want ErrSuperseded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the superseded process still works 10 s after the new run ended")
+	}
+	testenv.RequireOracle(t, testenv.Pool(t, url))
+}
+
+// A backfill of another checkpoint schema on the same rollup is refused
+// while one works; verify --repair is refused beside a live run.
+func TestSecondSchemaAndRepairRefusedBesideALiveRun(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	first := startSlowRun(t, url)
+
+	other, err := engine.New(testenv.Pool(t, url), "second_schema", new(job.Hourly), &engine.Config{Logger: testenv.Quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.Run(context.Background())
+	var cfgErr *engine.ConfigError
+	if !errors.As(err, &cfgErr) || !strings.Contains(cfgErr.Error(), "Schema") {
+		t.Fatalf("a run in a second schema beside a live one: %v, want a refusal that names Schema", err)
+	}
+
+	_, err = testenv.Engine(t, url, nil, engine.Config{}).Verify(context.Background(), true)
+	if !errors.As(err, &cfgErr) {
+		t.Fatalf("verify --repair beside a live run: %v, want a refusal", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the first run: %v", err)
+	}
+	testenv.RequireOracle(t, testenv.Pool(t, url))
+}
+
+// PostgreSQL truncates names to 63 bytes: two long schema names could
+// share one set of checkpoint tables.
+func TestLongSchemaNameRefused(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, nil)
+	_, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 64), new(job.Hourly), nil)
+	var cfgErr *engine.ConfigError
+	if !errors.As(err, &cfgErr) {
+		t.Fatalf("a 64-byte schema name: %v, want a refusal", err)
+	}
+	if _, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 63), new(job.Hourly), nil); err != nil {
+		t.Fatalf("a 63-byte schema name: %v", err)
+	}
+}
+
+// Several processes finishing one run together: one stamps, and none of
+// the others claims the watermark was not stamped.
+func TestOnlyTheStamperStampsAndNobodyCriesWolf(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	const processes = 3
+	results := make([]*engine.Result, processes)
+	var wg sync.WaitGroup
+	for i := range processes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := testenv.Engine(t, url, nil, engine.Config{Concurrency: 1, BatchSlices: 1}).Run(context.Background())
+			if err != nil {
+				t.Errorf("process %d: %v", i, err)
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	stampers := 0
+	for i, res := range results {
+		if res == nil {
+			continue
+		}
+		if res.Outcome.Stamped && res.Outcome.Closed {
+			stampers++
+		}
+		if res.Outcome.State == checkpoint.StateDone && !res.Outcome.Stamped {
+			t.Errorf("process %d reports the run done but the watermark not stamped", i)
+		}
+	}
+	if stampers != 1 {
+		t.Errorf("%d processes stamped, want exactly 1", stampers)
+	}
+	testenv.RequireOracle(t, testenv.Pool(t, url))
+}
