@@ -3,7 +3,6 @@ package pgserver
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -205,6 +204,3 @@ func stopWatchdog(cmd *exec.Cmd) {
 		cmd.Process.Kill()
 	}
 }
-
-// errStopped is returned by the methods of a component already stopped.
-var errStopped = errors.New("pgserver: already stopped and removed")
