@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/internal/fixture"
-	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/job"
 )
 
@@ -72,7 +72,7 @@ func (d *DB) Close() { d.Pool.Close() }
 
 // CreateDB creates an empty database on srv, loads the target schema and
 // connects a pool to it.
-func CreateDB(ctx context.Context, srv *pgtest.Server, name string) (*DB, error) {
+func CreateDB(ctx context.Context, srv *pgserver.Server, name string) (*DB, error) {
 	url, err := srv.CreateDatabase(ctx, name)
 	if err != nil {
 		return nil, err
@@ -95,7 +95,7 @@ func OpenDB(ctx context.Context, name, url string) (*DB, error) {
 
 // GenerateDB creates database name and fills it with the fixture history
 // of cfg.
-func GenerateDB(ctx context.Context, srv *pgtest.Server, name string, cfg fixture.Config) (*DB, error) {
+func GenerateDB(ctx context.Context, srv *pgserver.Server, name string, cfg fixture.Config) (*DB, error) {
 	db, err := CreateDB(ctx, srv, name)
 	if err != nil {
 		return nil, err
@@ -465,7 +465,8 @@ func (h *Harness) RunBinary(ctx context.Context, url, logName string, args ...st
 	defer stderr.Close()
 
 	cmd := exec.CommandContext(ctx, h.Bin, args...)
-	cmd.Env = append(cleanEnv(), "DATABASE_URL="+url)
+	// Only DATABASE_URL names the target: no libpq variables, no other URL.
+	cmd.Env = append(pgserver.CleanEnv("DATABASE_URL"), "DATABASE_URL="+url)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -556,18 +557,6 @@ func seconds(v *float64) time.Duration {
 	return time.Duration(*v * float64(time.Second))
 }
 
-// cleanEnv drops the libpq variables so only DATABASE_URL names the target.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "DATABASE_URL=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
 func tail(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -584,22 +573,22 @@ func tail(s string, n int) string {
 func SharedBuffers() string {
 	const minMB, maxMB = 1024, 8192
 	mb := minMB
-	if total, err := memTotalMB(); err == nil {
-		mb = min(max(total/4, minMB), maxMB)
+	if total, err := memTotalKiB(); err == nil {
+		mb = min(max(int(total/1024)/4, minMB), maxMB)
 	}
 	return fmt.Sprintf("%dMB", mb)
 }
 
-// memTotalMB reads the machine's memory from /proc/meminfo.
-func memTotalMB() (int, error) {
+// memTotalKiB reads the machine's memory from /proc/meminfo.
+func memTotalKiB() (int64, error) {
 	data, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		var kb int
-		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kb); err == nil {
-			return kb / 1024, nil
+		var kib int64
+		if _, err := fmt.Sscanf(line, "MemTotal: %d kB", &kib); err == nil {
+			return kib, nil
 		}
 	}
 	return 0, errors.New("no MemTotal in /proc/meminfo")
@@ -607,7 +596,7 @@ func memTotalMB() (int, error) {
 
 // Tune sets the bench server's memory like a production server's and
 // restarts it.
-func Tune(ctx context.Context, srv *pgtest.Server) error {
+func Tune(ctx context.Context, srv *pgserver.Server) error {
 	if srv.External() {
 		return nil
 	}

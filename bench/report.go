@@ -36,16 +36,8 @@ func DescribeMachine(ctx context.Context, db *DB) Machine {
 		}
 		f.Close()
 	}
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			var kib float64
-			if _, err := fmt.Sscanf(sc.Text(), "MemTotal: %g kB", &kib); err == nil {
-				m.MemoryGiB = kib / (1 << 20)
-				break
-			}
-		}
-		f.Close()
+	if kib, err := memTotalKiB(); err == nil {
+		m.MemoryGiB = float64(kib) / (1 << 20)
 	}
 	if db != nil {
 		_ = db.Pool.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&m.PGVersion)

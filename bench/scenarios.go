@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/shardfill/shardfill/internal/fixture"
-	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
 )
@@ -47,7 +47,7 @@ func DefaultLatency() LatencyConfig {
 }
 
 // Latency runs shardfill through a LatencyProxy at each concurrency.
-func (h *Harness) Latency(ctx context.Context, srv *pgtest.Server, cfg LatencyConfig) ([]Result, error) {
+func (h *Harness) Latency(ctx context.Context, srv *pgserver.Server, cfg LatencyConfig) ([]Result, error) {
 	h.logf("latency: generating %d workspaces × %d months, ~%d rows", cfg.Fixture.Workspaces, cfg.Fixture.Months, cfg.Fixture.Rows)
 	db, err := GenerateDB(ctx, srv, "bench_latency", cfg.Fixture)
 	if err != nil {
@@ -132,7 +132,7 @@ func DefaultSkew() SkewConfig {
 // Skew runs shardfill on a history where one workspace holds a large share
 // of the rows and measures the tail: the part of the run during which a
 // worker already had nothing left to do.
-func (h *Harness) Skew(ctx context.Context, srv *pgtest.Server, cfg SkewConfig) (Result, error) {
+func (h *Harness) Skew(ctx context.Context, srv *pgserver.Server, cfg SkewConfig) (Result, error) {
 	h.logf("skew: generating %d workspaces, ~%d rows, top workspace %.0f%%", cfg.Fixture.Workspaces, cfg.Fixture.Rows, 100*cfg.Fixture.TopShare)
 	db, err := GenerateDB(ctx, srv, "bench_skew", cfg.Fixture)
 	if err != nil {
@@ -218,7 +218,7 @@ INSERT INTO task_usage (id, task_id, provider, model, input_tokens, output_token
 
 // Plan1M measures `shardfill run --plan-only` on a history of
 // Workspaces × Months slices.
-func (h *Harness) Plan1M(ctx context.Context, srv *pgtest.Server, cfg Plan1MConfig) (Result, error) {
+func (h *Harness) Plan1M(ctx context.Context, srv *pgserver.Server, cfg Plan1MConfig) (Result, error) {
 	want := int64(cfg.Workspaces) * int64(cfg.Months)
 	h.logf("plan1m: generating %d workspaces × %d months (%d slices)", cfg.Workspaces, cfg.Months, want)
 	db, err := CreateDB(ctx, srv, "bench_plan1m")

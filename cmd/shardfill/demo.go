@@ -12,7 +12,7 @@ import (
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
-	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/job"
 )
 
@@ -47,7 +47,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 	say := func(format string, args ...any) { printf(g.out, "==> "+format+"\n", args...) }
 
 	say("starting a throwaway PostgreSQL")
-	srv, err := pgtest.Start(ctx)
+	srv, err := pgserver.Start(ctx)
 	if err != nil {
 		return err
 	}

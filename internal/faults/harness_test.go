@@ -19,6 +19,7 @@ import (
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
+	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
 	"github.com/shardfill/shardfill/job"
@@ -467,7 +468,7 @@ func (ev *events) of(kind engine.EventKind, slice int64) []engine.Event {
 // ---- private servers --------------------------------------------------------
 
 // ownDB creates a database on s with the target schema and cfg's history.
-func ownDB(t *testing.T, s *pgtest.Server, name string, cfg fixture.Config) string {
+func ownDB(t *testing.T, s *pgserver.Server, name string, cfg fixture.Config) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

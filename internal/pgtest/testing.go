@@ -9,13 +9,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/shardfill/shardfill/internal/pgserver"
 )
 
 // One server per test binary, started on first use so that test binaries
 // (or -run selections) that never touch the database pay nothing.
 var (
 	sharedOnce sync.Once
-	shared     *Server
+	shared     *pgserver.Server
 	sharedErr  error
 	dbCounter  atomic.Int64
 )
@@ -46,12 +48,12 @@ func stopShared() {
 
 // SharedServer returns the test binary's server, starting it on first use.
 // A failed start fails every test that asks for it.
-func SharedServer(t testing.TB) *Server {
+func SharedServer(t testing.TB) *pgserver.Server {
 	t.Helper()
 	sharedOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		shared, sharedErr = Start(ctx)
+		shared, sharedErr = pgserver.Start(ctx)
 	})
 	if sharedErr != nil {
 		t.Fatalf("pgtest: %v", sharedErr)
@@ -104,21 +106,78 @@ func dbName(testName string) string {
 // PrivateServer starts a cluster of the test's own, stopped when the test
 // ends: for tests that stop or restart the server, which must not disturb
 // the shared one. It skips the test when TEST_DATABASE_URL names a server.
-func PrivateServer(t testing.TB) *Server {
+func PrivateServer(t testing.TB) *pgserver.Server {
 	t.Helper()
-	if SharedServer(t).External() {
-		t.Skip("tests that stop the server need a private cluster (TEST_DATABASE_URL is set)")
+	skipExternal(t, "tests that stop the server need a private cluster")
+	return startFor(t, "private server", 2*time.Minute, func(ctx context.Context) (*pgserver.Server, error) {
+		return pgserver.Start(ctx)
+	})
+}
+
+// PrivateServerWith starts a cluster of the test's own shaped by opts (e.g.
+// pg_cron preloaded), stopped when the test ends. It skips the test when
+// TEST_DATABASE_URL names a server: the options are settings an external
+// server would not have.
+func PrivateServerWith(t testing.TB, opts pgserver.Options) *pgserver.Server {
+	t.Helper()
+	skipExternal(t, "tests that configure the server need a private cluster")
+	return startFor(t, "private server", 2*time.Minute, func(ctx context.Context) (*pgserver.Server, error) {
+		return pgserver.StartWith(ctx, opts)
+	})
+}
+
+// Standby starts a streaming hot standby of srv (see
+// [pgserver.Server.StartStandby]), stopped when the test ends, before srv
+// if srv is the test's own. It skips the test for an external server.
+func Standby(t testing.TB, srv *pgserver.Server, opts pgserver.StandbyOptions) *pgserver.Standby {
+	t.Helper()
+	if srv.External() {
+		t.Skip("a standby needs a private cluster (TEST_DATABASE_URL is set)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return startFor(t, "standby", 2*time.Minute, func(ctx context.Context) (*pgserver.Standby, error) {
+		return srv.StartStandby(ctx, opts)
+	})
+}
+
+// PgBouncer starts pgbouncer in front of srv with the given pool_mode
+// ("transaction" or "session"), stopped when the test ends. It skips the
+// test for an external server; when pgbouncer is not installed the test
+// fails, naming the Debian package.
+func PgBouncer(t testing.TB, srv *pgserver.Server, poolMode string) *pgserver.PgBouncer {
+	t.Helper()
+	if srv.External() {
+		t.Skip("pgbouncer needs a private cluster (TEST_DATABASE_URL is set)")
+	}
+	return startFor(t, "pgbouncer", time.Minute, func(ctx context.Context) (*pgserver.PgBouncer, error) {
+		return pgserver.StartPgBouncer(ctx, srv, pgserver.PgBouncerOptions{PoolMode: poolMode})
+	})
+}
+
+// startFor starts a component within timeout, failing the test if it
+// cannot (a missing program's error names its Debian package), and stops
+// it when the test ends; cleanups run last first, so a component stops
+// before what it was started beside.
+func startFor[C interface{ Stop() error }](t testing.TB, what string, timeout time.Duration, start func(context.Context) (C, error)) C {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	s, err := Start(ctx)
+	c, err := start(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("pgtest: stop private server: %v", err)
+		if err := c.Stop(); err != nil {
+			t.Errorf("pgtest: stop %s: %v", what, err)
 		}
 	})
-	return s
+	return c
+}
+
+// skipExternal skips the test when TEST_DATABASE_URL names a server,
+// without starting the shared server to find out.
+func skipExternal(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("TEST_DATABASE_URL") != "" {
+		t.Skip(why + " (TEST_DATABASE_URL is set)")
+	}
 }

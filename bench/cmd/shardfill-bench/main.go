@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/shardfill/shardfill/bench"
-	"github.com/shardfill/shardfill/internal/pgtest"
+	"github.com/shardfill/shardfill/internal/pgserver"
 )
 
 func main() {
@@ -182,7 +182,7 @@ func run(ctx context.Context, args []string) error {
 		Log:       os.Stderr,
 	}
 
-	srv, err := pgtest.Start(ctx)
+	srv, err := pgserver.Start(ctx)
 	if err != nil {
 		return err
 	}

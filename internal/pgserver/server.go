@@ -1,7 +1,6 @@
-package pgtest
+package pgserver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,13 +8,12 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,7 +37,44 @@ const (
 
 // errExternal is returned by the lifecycle methods when the server was not
 // started by us.
-var errExternal = errors.New("pgtest: not supported with " + envExternal)
+var errExternal = errors.New("pgserver: not supported with " + envExternal)
+
+// Options shape the cluster StartWith creates. The zero value is Start's
+// cluster.
+type Options struct {
+	// Settings are extra postgresql.conf parameters, name to value. Each
+	// value is written quoted, which PostgreSQL accepts for every type
+	// ("on", "16", "64MB"); they come after pgserver's own settings, so they
+	// win. Default: none.
+	Settings map[string]string
+
+	// CronDatabase, when set, preloads pg_cron (shared_preload_libraries)
+	// with cron.database_name set to it, and creates that database once the
+	// server is up, so the scheduler finds it; the test still runs
+	// CREATE EXTENSION pg_cron there. pg_cron can be created in that one
+	// database only, which is why a cron test needs a cluster of its own.
+	// Jobs connect through the cluster's unix socket (cron.host), where the
+	// superuser is trusted, so they authenticate without a password.
+	// Default: "" (no pg_cron).
+	CronDatabase string
+}
+
+// settingName keeps names we write into postgresql.conf to what
+// PostgreSQL's parameters look like (custom ones have a dot), so a setting
+// cannot smuggle in another line.
+var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
+
+func (o Options) validate() error {
+	for name, value := range o.Settings {
+		if !settingName.MatchString(name) {
+			return fmt.Errorf("pgserver: bad setting name %q", name)
+		}
+		if strings.ContainsAny(value, "\n\r") {
+			return fmt.Errorf("pgserver: setting %s: value has a line break", name)
+		}
+	}
+	return nil
+}
 
 // Server is a running PostgreSQL cluster owned by this process, or an
 // external server named by TEST_DATABASE_URL.
@@ -53,6 +88,7 @@ type Server struct {
 	binDir string // where initdb and pg_ctl live
 	port   int
 	asUser string // "postgres" when we are root, "" otherwise
+	opts   Options
 
 	watchdog *exec.Cmd
 }
@@ -65,30 +101,29 @@ func Start(ctx context.Context) (*Server, error) {
 		u, err := url.Parse(raw)
 		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			// Do not echo the value: it holds a password.
-			return nil, fmt.Errorf("pgtest: %s is not a postgres:// URL", envExternal)
+			return nil, fmt.Errorf("pgserver: %s is not a postgres:// URL", envExternal)
 		}
 		return &Server{external: u}, nil
 	}
+	return StartWith(ctx, Options{})
+}
 
-	binDir, err := findBinDir()
+// StartWith is Start for a cluster shaped by opts. It always starts a
+// cluster of its own, even with TEST_DATABASE_URL set: options are settings
+// an external server would not have.
+func StartWith(ctx context.Context, opts Options) (*Server, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	s, err := newServer(opts, "pgserver-")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{binDir: binDir}
-	if os.Geteuid() == 0 {
-		// PostgreSQL refuses to run as root.
-		s.asUser = "postgres"
-	}
-
-	tmp := "" // $TMPDIR
-	if s.asUser != "" {
-		// root's $TMPDIR may be private (e.g. under /root) where the
-		// postgres user cannot reach its data dir; /tmp always works.
-		tmp = "/tmp"
-	}
-	s.dir, err = os.MkdirTemp(tmp, "pgtest-")
-	if err != nil {
-		return nil, fmt.Errorf("pgtest: %w", err)
+	if opts.CronDatabase != "" {
+		if err := s.requireLibrary(ctx, "pg_cron", "postgresql-%s-cron"); err != nil {
+			os.RemoveAll(s.dir)
+			return nil, err
+		}
 	}
 	if err := s.initCluster(ctx); err != nil {
 		os.RemoveAll(s.dir)
@@ -99,6 +134,25 @@ func Start(ctx context.Context) (*Server, error) {
 		return nil, err
 	}
 	s.startWatchdog()
+	if opts.CronDatabase != "" {
+		if _, err := s.CreateDatabase(ctx, opts.CronDatabase); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// newServer prepares a Server in a fresh temp dir, not yet initialised.
+func newServer(opts Options, pattern string) (*Server, error) {
+	binDir, err := findBinDir()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{binDir: binDir, asUser: serverUser(), opts: opts}
+	if s.dir, err = tempDir(s.asUser, pattern); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -131,77 +185,67 @@ func findBinDir() (string, error) {
 			return d, nil
 		}
 	}
-	return "", errors.New("pgtest: initdb/pg_ctl not found (set " + envBinDir + " or install the PostgreSQL server, e.g. apt-get install postgresql)")
+	return "", errors.New("pgserver: initdb/pg_ctl not found (set " + envBinDir + " or install the PostgreSQL server, e.g. apt-get install postgresql)")
 }
 
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+// majorVersion is the server's major version ("15"), from postgres
+// --version, for naming the Debian packages built for it.
+func (s *Server) majorVersion(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, filepath.Join(s.binDir, "postgres"), "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("pgserver: postgres --version: %w", err)
+	}
+	// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+	_, after, ok := strings.Cut(string(out), ") ")
+	if !ok {
+		return "", fmt.Errorf("pgserver: unexpected postgres --version %q", out)
+	}
+	major, _, _ := strings.Cut(strings.TrimSpace(after), ".")
+	major, _, _ = strings.Cut(major, " ")
+	return major, nil
+}
+
+// requireLibrary checks that the server can load the named shared library
+// (an extension's .so) and otherwise names the Debian package to install;
+// pkgPattern has a %s for the major version. Failing here beats a server
+// that will not start with nothing but a log line to say why.
+func (s *Server) requireLibrary(ctx context.Context, lib, pkgPattern string) error {
+	libDir := filepath.Join(filepath.Dir(s.binDir), "lib")
+	if out, err := exec.CommandContext(ctx, filepath.Join(s.binDir, "pg_config"), "--pkglibdir").Output(); err == nil {
+		libDir = strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(filepath.Join(libDir, lib+".so")); err == nil {
+		return nil
+	}
+	major, err := s.majorVersion(ctx)
+	if err != nil {
+		return err
+	}
+	return &MissingError{What: lib + ".so in " + libDir, Package: fmt.Sprintf(pkgPattern, major)}
 }
 
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
 func (s *Server) sockDir() string { return filepath.Join(s.dir, "sock") }
 func (s *Server) logFile() string { return filepath.Join(s.dir, "postgres.log") }
 
-// command builds an exec.Cmd for a PostgreSQL binary, wrapped in runuser
-// when we are root. It runs inside the temp dir, because the postgres user
-// usually cannot enter our working directory (e.g. /root), which makes
-// initdb and pg_ctl complain.
+// command builds an exec.Cmd for one of the server's binaries, run as the
+// server's user inside its directory.
 func (s *Server) command(ctx context.Context, bin string, args ...string) *exec.Cmd {
-	path := filepath.Join(s.binDir, bin)
-	var cmd *exec.Cmd
-	if s.asUser != "" {
-		cmd = exec.CommandContext(ctx, "runuser", append([]string{"-u", s.asUser, "--", path}, args...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, path, args...)
-	}
-	cmd.Dir = s.dir
-	cmd.Env = cleanEnv()
-	return cmd
-}
-
-// cleanEnv drops libpq/PostgreSQL variables (PGDATA, PGPORT, ...) that
-// would otherwise redirect pg_ctl or the server.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-func run(cmd *exec.Cmd) error {
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s: %w\n%s", filepath.Base(cmd.Args[indexOfBin(cmd.Args)]), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// indexOfBin returns the index of the PostgreSQL binary in a command line
-// that may be prefixed by "runuser -u postgres --".
-func indexOfBin(args []string) int {
-	for i, a := range args {
-		if a == "--" {
-			return i + 1
-		}
-	}
-	return 0
+	return command(ctx, s.asUser, s.dir, filepath.Join(s.binDir, bin), args...)
 }
 
 // initCluster runs initdb with a superuser "shardfill" whose password is
 // read from a file (so it never appears on a command line), scram for TCP
-// and trust for the private unix socket.
+// and trust for the private unix socket. initdb's pg_hba.conf already lets
+// the superuser connect for replication the same two ways, which is all a
+// standby needs.
 func (s *Server) initCluster(ctx context.Context) error {
 	pwFile := filepath.Join(s.dir, "pwfile")
 	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	if err := os.Mkdir(s.sockDir(), 0o700); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	if s.asUser != "" {
 		if err := chownTree(s.dir, s.asUser); err != nil {
@@ -220,59 +264,73 @@ func (s *Server) initCluster(ctx context.Context) error {
 	))
 	os.Remove(pwFile)
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	// Our settings live in their own file, rewritten on every start attempt
 	// (the port may change); postgresql.conf just includes it.
 	f, err := os.OpenFile(filepath.Join(s.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
-	_, err = f.WriteString("\ninclude_if_exists = 'pgtest.conf'\n")
+	_, err = f.WriteString("\ninclude_if_exists = 'pgserver.conf'\n")
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	return nil
 }
 
-// chownTree hands dir and everything below it to the named user.
-func chownTree(dir, name string) error {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return fmt.Errorf("pgtest: running as root needs a %q user: %w", name, err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, gid)
-	})
-}
-
+// writeConf writes pgserver.conf: the disposable-cluster settings, what a
+// primary needs to feed standbys, then the options' settings.
 func (s *Server) writeConf() error {
-	conf := fmt.Sprintf(`# written by pgtest: settings for a disposable test cluster
+	var b strings.Builder
+	fmt.Fprintf(&b, `# written by pgserver: settings for a disposable test cluster
 listen_addresses = '127.0.0.1'
 port = %d
-unix_socket_directories = '%s'
+unix_socket_directories = %s
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 shared_buffers = 128MB
-`, s.port, s.sockDir())
-	p := filepath.Join(s.dataDir(), "pgtest.conf")
-	if err := os.WriteFile(p, []byte(conf), 0o600); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+# Any cluster can be a primary (these are PostgreSQL 15's defaults, spelled
+# out because standby tests rely on them); on a standby, reads are allowed.
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+`, s.port, quoteSetting(s.sockDir()))
+	settings := map[string]string{}
+	if db := s.opts.CronDatabase; db != "" {
+		settings["shared_preload_libraries"] = "pg_cron"
+		settings["cron.database_name"] = db
+		// pg_cron runs a job over a libpq connection to cron.host (default
+		// localhost, where scram wants a password it does not have); the
+		// unix socket trusts the superuser.
+		settings["cron.host"] = s.sockDir()
 	}
-	if s.asUser != "" {
-		return chownTree(p, s.asUser)
+	for name, value := range s.opts.Settings {
+		if name == "shared_preload_libraries" && settings[name] != "" {
+			value = settings[name] + "," + value
+		}
+		settings[name] = value
 	}
-	return nil
+	names := make([]string, 0, len(settings))
+	for name := range settings {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(&b, "%s = %s\n", name, quoteSetting(settings[name]))
+	}
+	return writeFileFor(s.asUser, filepath.Join(s.dataDir(), "pgserver.conf"), b.String())
+}
+
+// quoteSetting quotes a postgresql.conf value.
+func quoteSetting(v string) string {
+	return "'" + strings.ReplaceAll(v, "'", "''") + "'"
 }
 
 // startOnFreePort picks a free port and starts the server; another process
@@ -297,15 +355,6 @@ func (s *Server) startOnFreePort(ctx context.Context) error {
 	return err
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pgtest: finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // pgCtlStart starts the server and waits until it accepts connections.
 // pg_ctl's log goes to postgres.log; its tail is part of the error.
 func (s *Server) pgCtlStart(ctx context.Context) error {
@@ -315,61 +364,42 @@ func (s *Server) pgCtlStart(ctx context.Context) error {
 		"-w", "-t", strconv.Itoa(int(startTimeout/time.Second)),
 		"start"))
 	if err != nil {
-		return fmt.Errorf("pgtest: starting postgres on port %d: %w\n--- tail of %s ---\n%s",
+		return fmt.Errorf("pgserver: starting postgres on port %d: %w\n--- tail of %s ---\n%s",
 			s.port, err, s.logFile(), tail(s.logFile(), 20))
 	}
 	return nil
 }
 
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// startWatchdog launches a detached shell that waits for this process to
-// exit and then stops the cluster and removes its directory. It covers the
-// exits Main cannot see: a panic in a test goroutine, os.Exit from a test,
-// a -timeout kill. After a normal Stop the directory is gone and the
-// watchdog is killed. It gets its own session so a Ctrl-C to the test
-// process group does not take it down before it has cleaned up.
+// startWatchdog makes sure the cluster is stopped and its directory removed
+// even when this process dies without calling Stop.
 func (s *Server) startWatchdog() {
-	const script = `
-parent=$1; dir=$2; shift 2
-while kill -0 "$parent" 2>/dev/null; do sleep 1; done
-if [ -d "$dir/data" ]; then
+	const stop = `if [ -d "$dir/data" ]; then
 	"$@" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
-fi
-rm -rf "$dir"
-`
-	args := []string{"-c", script, "pgtest-watchdog", strconv.Itoa(os.Getpid()), s.dir}
+fi`
+	var args []string
 	if s.asUser != "" {
 		args = append(args, "runuser", "-u", s.asUser, "--")
 	}
 	args = append(args, filepath.Join(s.binDir, "pg_ctl"))
-	cmd := exec.Command("/bin/sh", args...)
-	cmd.Dir = "/"
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		// Not fatal: Main/Stop still clean up on the normal path.
-		fmt.Fprintf(os.Stderr, "pgtest: warning: no watchdog: %v\n", err)
-		return
-	}
-	s.watchdog = cmd
-	go cmd.Wait() // reap it whenever it exits
+	s.watchdog = startWatchdog(s.dir, stop, args...)
 }
 
 // External reports whether the server comes from TEST_DATABASE_URL (and so
 // cannot be stopped or restarted by us).
 func (s *Server) External() bool { return s.external != nil }
+
+// Port is the server's TCP port on 127.0.0.1 (that of the URL for an
+// external server).
+func (s *Server) Port() int {
+	if s.external != nil {
+		p, _ := strconv.Atoi(s.external.Port())
+		if p == 0 {
+			p = 5432
+		}
+		return p
+	}
+	return s.port
+}
 
 // Password returns the superuser's password (for tests that check it never
 // leaks).
@@ -387,10 +417,12 @@ func (s *Server) AdminURL() string {
 	if s.external != nil {
 		return s.external.String()
 	}
-	return s.urlFor("postgres")
+	return s.URL("postgres")
 }
 
-func (s *Server) urlFor(db string) string {
+// URL is the URL of database db as the superuser, over TCP. It contains the
+// password: never log it.
+func (s *Server) URL(db string) string {
 	var u url.URL
 	if s.external != nil {
 		u = *s.external
@@ -411,9 +443,9 @@ func (s *Server) urlFor(db string) string {
 // *Server (%v, %+v) is safe.
 func (s *Server) String() string {
 	if s.external != nil {
-		return "pgtest.Server{external " + s.external.Redacted() + "}"
+		return "pgserver.Server{external " + s.external.Redacted() + "}"
 	}
-	return fmt.Sprintf("pgtest.Server{127.0.0.1:%d dir=%s}", s.port, s.dir)
+	return fmt.Sprintf("pgserver.Server{127.0.0.1:%d dir=%s}", s.port, s.dir)
 }
 
 // GoString makes %#v as safe as %v.
@@ -423,27 +455,27 @@ func (s *Server) GoString() string { return s.String() }
 func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
 	// Identifiers cannot be bind parameters; Sanitize quotes the name.
 	if err := s.adminExec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", fmt.Errorf("pgtest: create database %q: %w", name, err)
+		return "", fmt.Errorf("pgserver: create database %q: %w", name, err)
 	}
-	return s.urlFor(name), nil
+	return s.URL(name), nil
 }
 
 // DropDatabase drops a database, disconnecting its sessions (WITH (FORCE)).
 // A database that does not exist is not an error.
 func (s *Server) DropDatabase(ctx context.Context, name string) error {
 	if err := s.adminExec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("pgtest: drop database %q: %w", name, err)
+		return fmt.Errorf("pgserver: drop database %q: %w", name, err)
 	}
 	return nil
 }
 
-func (s *Server) adminExec(ctx context.Context, sql string) error {
+func (s *Server) adminExec(ctx context.Context, sql string, args ...any) error {
 	conn, err := pgx.Connect(ctx, s.AdminURL())
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, sql)
+	_, err = conn.Exec(ctx, sql, args...)
 	return err
 }
 
@@ -463,11 +495,9 @@ func (s *Server) Stop() error {
 		err = nil // it was already down (e.g. after StopMode)
 	}
 	if rmErr := os.RemoveAll(s.dir); err == nil && rmErr != nil {
-		err = fmt.Errorf("pgtest: %w", rmErr)
+		err = fmt.Errorf("pgserver: %w", rmErr)
 	}
-	if s.watchdog != nil && s.watchdog.Process != nil {
-		s.watchdog.Process.Kill()
-	}
+	stopWatchdog(s.watchdog)
 	s.dir = ""
 	return err
 }
@@ -481,19 +511,19 @@ func (s *Server) StopMode(mode string) error {
 	switch mode {
 	case "smart", "fast", "immediate":
 	default:
-		return fmt.Errorf("pgtest: unknown stop mode %q", mode)
+		return fmt.Errorf("pgserver: unknown stop mode %q", mode)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dir == "" {
-		return errors.New("pgtest: server already removed")
+		return errors.New("pgserver: server already removed")
 	}
 	return s.stopLocked(mode)
 }
 
 func (s *Server) stopLocked(mode string) error {
 	if err := run(s.command(context.Background(), "pg_ctl", "-D", s.dataDir(), "-m", mode, "-w", "stop")); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgserver: %w", err)
 	}
 	return nil
 }
@@ -513,7 +543,7 @@ func (s *Server) Restart(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.dir == "" {
-		return errors.New("pgtest: server already removed")
+		return errors.New("pgserver: server already removed")
 	}
 	return s.pgCtlStart(ctx)
 }
