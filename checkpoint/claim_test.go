@@ -2,11 +2,13 @@ package checkpoint_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/checkpoint"
@@ -174,5 +176,36 @@ func TestMigrateAddsMissingColumns(t *testing.T) {
 	}
 	if n != 3 {
 		t.Fatalf("after Migrate on an old schema: %d of the 2 columns and 1 index present", n)
+	}
+}
+
+// The watermark stamp is fenced like a slice commit: a claimant whose lock
+// connection no longer holds the cron lock cannot stamp, and the run stays
+// open for a process that does.
+func TestStampIsFencedByTheCronLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, store, pid := claimSetup(t)
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE shardfill.slice SET state = 'done' WHERE run_id = $1`, run.ID); err != nil {
+		t.Fatal(err)
+	}
+	stamps := 0
+	stamp := func(context.Context, pgx.Tx, time.Time) (bool, error) { stamps++; return true, nil }
+
+	out, err := store.Finish(ctx, run.ID, checkpoint.Claimant{Owner: "gone", PID: pid + 100000}, stamp)
+	if !errors.Is(err, checkpoint.ErrNotProtected) || stamps != 0 {
+		t.Fatalf("finish without the cron lock: %v, %d stamps; want ErrNotProtected and none", err, stamps)
+	}
+	if got, err := store.GetRun(ctx, run.ID); err != nil || got.State == checkpoint.StateDone {
+		t.Fatalf("run after a refused stamp: %+v (%v), want it still open", got, err)
+	}
+	out, err = store.Finish(ctx, run.ID, checkpoint.Claimant{Owner: "live", PID: pid}, stamp)
+	if err != nil || !out.Stamped || !out.Closed || stamps != 1 {
+		t.Fatalf("finish with the cron lock: %+v, %v, %d stamps; want one stamp", out, err, stamps)
 	}
 }

@@ -275,9 +275,17 @@ type StampFunc func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error)
 // watermark through stamp, exactly once) when every slice is done, failed
 // when some failed. The run row is locked first, so when several processes
 // finish together exactly one of them sees the last slice done and stamps.
-func (s *Store) Finish(ctx context.Context, runID int64, stamp StampFunc) (Outcome, error) {
+// The transaction is fenced like a slice's (see Fenced): c's lock
+// connection must still hold the cron lock, and the transaction holds it
+// too, so the cron job cannot start beside the stamp.
+func (s *Store) Finish(ctx context.Context, runID int64, c Claimant, stamp StampFunc) (Outcome, error) {
 	var out Outcome
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		var fence pgx.Batch
+		s.queueFence(&fence, runID, c)
+		if err := tx.SendBatch(ctx, &fence).Close(); err != nil && !errors.Is(err, ErrSuperseded) {
+			return err
+		}
 		var target time.Time
 		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target, watermark_stamped_at FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
 			Scan(&out.State, &target, &out.StampedAt)

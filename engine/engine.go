@@ -185,10 +185,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return res, interrupted(ctx, err)
 	}
 
-	res.Outcome, err = e.store.Finish(ctx, run.ID, func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) {
-		return e.job.Stamp(ctx, tx, at)
-	})
-	if err != nil {
+	if res.Outcome, err = e.finish(ctx, lock, run.ID); err != nil {
 		return res, interrupted(ctx, err)
 	}
 	switch {
@@ -205,6 +202,25 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
 	return res, nil
+}
+
+// finish closes the run and stamps the watermark when every slice is done,
+// fenced by the cron lock like a slice. A session queued for the cron lock
+// exclusively (a cron tick, the application) only delays it: contention
+// never fails a run.
+func (e *Engine) finish(ctx context.Context, lock *cronLock, runID int64) (checkpoint.Outcome, error) {
+	claimant := checkpoint.Claimant{Owner: e.cfg.Owner, PID: lock.pid}
+	stamp := func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) { return e.job.Stamp(ctx, tx, at) }
+	for attempt := 1; ; attempt++ {
+		out, err := e.store.Finish(ctx, runID, claimant, stamp)
+		if !errors.Is(err, checkpoint.ErrLockContended) {
+			return out, err
+		}
+		e.cfg.Logger.Info("the stamp waits for a session queued for the cron lock", "attempt", attempt)
+		if err := sleep(ctx, backoff(e.cfg.Backoff, attempt)); err != nil {
+			return out, err
+		}
+	}
 }
 
 // join makes this process a member of the schema's runs, on its lock

@@ -266,10 +266,15 @@ func (w *workers) execute(ctx context.Context, batch shard.Batch) (int64, error)
 // marks are lost with their rows), and the watermark stamp is a durable
 // commit that flushes every earlier one. Parallel query is off because the
 // pool already keeps the cores busy, JIT because its compile time dwarfs a
-// slice's run time. work_mem lets a batch sort and hash in memory.
+// slice's run time. work_mem lets a batch sort and hash in memory. A
+// transaction left idle (its process stalled or cut off by a network
+// partition between the batch and its COMMIT) would keep its row locks
+// until TCP keepalive gives up; the server ends it after a lease instead,
+// when its slices are someone else's anyway.
 func txSettings(cfg Config) map[string]string {
 	settings := map[string]string{
 		"synchronous_commit": "off", "max_parallel_workers_per_gather": "0", "jit": "off", "work_mem": "64MB",
+		"idle_in_transaction_session_timeout": fmt.Sprintf("%dms", cfg.Lease.Milliseconds()),
 	}
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
 		if d > 0 {
