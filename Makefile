@@ -23,7 +23,7 @@ demo: build ## backfill a synthetic history on a throwaway PostgreSQL, with live
 
 bench: build ## benchmarks: Go benchmarks and the bench/ report (SIZE=small|medium|large)
 	$(GO) test -run '^$$' -bench . -benchmem ./shard/ ./engine/
-	$(GO) run ./bench/cmd/shardfill-bench -size $(SIZE) -bin $(BIN)
+	$(GO) run ./bench -size $(SIZE) -bin $(BIN)
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || (gofmt -l .; echo "gofmt: the files above need formatting"; exit 1)

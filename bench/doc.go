@@ -1,4 +1,4 @@
-// Package bench measures shardfill against the two references it has to be
+// Command bench (shardfill-bench) measures shardfill against the two references it has to be
 // judged by, on one generated database per size:
 //
 //   - serial: the command shardfill replaces, i.e. one call of
@@ -18,5 +18,11 @@
 // (one workspace holding a large share of the rows, to show the tail when
 // the pool drains), and plan1m (planning a million slices).
 //
-// The command is bench/cmd/shardfill-bench; `make bench SIZE=...` runs it.
-package bench
+// It writes bench/results/<size>.{md,csv}, a throughput chart and
+// bench/RESULTS.md:
+//
+//	go run ./bench -size small -bin bin/shardfill
+//
+// `make bench SIZE=...` runs it. The measuring library and the command are
+// one package main: they have one consumer, so nothing of it is importable.
+package main

@@ -1,9 +1,3 @@
-// Command shardfill-bench measures shardfill against the serial command it
-// replaces and against a single-statement limit, on a throwaway PostgreSQL,
-// and writes bench/results/<size>.{md,csv}, a throughput chart and
-// bench/RESULTS.md. See package bench.
-//
-//	go run ./bench/cmd/shardfill-bench -size small -bin bin/shardfill
 package main
 
 import (
@@ -20,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/shardfill/shardfill/bench"
 	"github.com/shardfill/shardfill/internal/pgserver"
 )
 
@@ -52,14 +45,14 @@ type options struct {
 	scaleWith    string
 	extraArgs    []string
 	explain      bool
-	latency      bench.LatencyConfig
-	skew         bench.SkewConfig
-	plan1m       bench.Plan1MConfig
+	latency      LatencyConfig
+	skew         SkewConfig
+	plan1m       Plan1MConfig
 }
 
 func parse(args []string) (*options, error) {
 	fs := flag.NewFlagSet("shardfill-bench", flag.ContinueOnError)
-	o := &options{latency: bench.DefaultLatency(), skew: bench.DefaultSkew(), plan1m: bench.DefaultPlan1M()}
+	o := &options{latency: DefaultLatency(), skew: DefaultSkew(), plan1m: DefaultPlan1M()}
 	fs.StringVar(&o.size, "size", "small", "data set: small (~100k usage rows), medium (~1M), large (~4M)")
 	fs.StringVar(&o.bin, "bin", "bin/shardfill", "shardfill binary (make build)")
 	modes := fs.String("modes", "serial,limit,shardfill", "modes to measure: serial, limit, shardfill")
@@ -85,12 +78,12 @@ func parse(args []string) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
-	size, err := bench.SizeByName(o.size)
+	size, err := SizeByName(o.size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	for _, m := range splitList(*modes) {
-		if !slices.Contains([]string{bench.ModeSerial, bench.ModeLimit, bench.ModeShardfill}, m) {
+		if !slices.Contains([]string{ModeSerial, ModeLimit, ModeShardfill}, m) {
 			return nil, fmt.Errorf("%w: unknown mode %q", errUsage, m)
 		}
 		o.modes = append(o.modes, m)
@@ -106,11 +99,11 @@ func parse(args []string) (*options, error) {
 	case "default":
 		o.scenarios = size.Scenarios
 	case "all":
-		o.scenarios = bench.AllScenarios
+		o.scenarios = AllScenarios
 	case "none", "":
 	default:
 		for _, s := range splitList(*scen) {
-			if !slices.Contains(bench.AllScenarios, s) {
+			if !slices.Contains(AllScenarios, s) {
 				return nil, fmt.Errorf("%w: unknown scenario %q", errUsage, s)
 			}
 			o.scenarios = append(o.scenarios, s)
@@ -127,7 +120,7 @@ func parse(args []string) (*options, error) {
 		o.scaleWith = size.ScaleWith
 	case "none", "":
 	default:
-		if _, err := bench.SizeByName(*scaleWith); err != nil {
+		if _, err := SizeByName(*scaleWith); err != nil {
 			return nil, fmt.Errorf("%w: -scale-with: %w", errUsage, err)
 		}
 		if *scaleWith == o.size {
@@ -158,7 +151,7 @@ func command(args []string) string {
 		}
 		q[i] = a
 	}
-	return strings.TrimSpace("go run ./bench/cmd/shardfill-bench " + strings.Join(q, " "))
+	return strings.TrimSpace("go run ./bench " + strings.Join(q, " "))
 }
 
 func run(ctx context.Context, args []string) error {
@@ -166,7 +159,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	size, _ := bench.SizeByName(o.size)
+	size, _ := SizeByName(o.size)
 	bin, err := filepath.Abs(o.bin)
 	if err != nil {
 		return err
@@ -175,7 +168,7 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: shardfill binary %s not found (run `make build` first)", errUsage, o.bin)
 	}
 	started := time.Now()
-	h := &bench.Harness{
+	h := &Harness{
 		Bin:       bin,
 		ExtraArgs: o.extraArgs,
 		LogDir:    filepath.Join(o.out, "tmp", o.size),
@@ -187,24 +180,24 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer srv.Stop()
-	if err := bench.Tune(ctx, srv); err != nil {
+	if err := Tune(ctx, srv); err != nil {
 		return err
 	}
 
 	cfg := size.Fixture.WithDefaults()
 	fmt.Fprintf(os.Stderr, "%s  %s: generating %d workspaces × %d months, ~%d rows (seed %d, skew %.1f)\n",
 		time.Now().Format("15:04:05"), o.size, cfg.Workspaces, cfg.Months, cfg.Rows, cfg.Seed, cfg.Skew)
-	db, err := bench.GenerateDB(ctx, srv, "bench_"+o.size, cfg)
+	db, err := GenerateDB(ctx, srv, "bench_"+o.size, cfg)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	st := db.Stats
-	rep := &bench.Report{
+	rep := &Report{
 		Size:    o.size,
 		Command: command(args),
 		Started: started,
-		Machine: bench.DescribeMachine(ctx, db),
+		Machine: DescribeMachine(ctx, db),
 		DataSet: fmt.Sprintf("fixture seed %d: %d workspaces (long tail, skew %.1f), %d agents, %d tasks, **%d task_usage rows** over %d UTC months (%s → %s), generated in %s.",
 			cfg.Seed, st.Workspaces, cfg.Skew, st.Agents, st.Tasks, st.Usage, cfg.Months,
 			st.MinCreated.Format("2006-01-02"), st.MaxCreated.Format("2006-01-02"), db.GenerateTime.Round(time.Millisecond)),
@@ -212,16 +205,16 @@ func run(ctx context.Context, args []string) error {
 
 	// The smaller size of the size-ratio target lives in the same server
 	// and is measured in the same rounds.
-	var small *bench.DB
+	var small *DB
 	if o.scaleWith != "" {
-		ssize, err := bench.SizeByName(o.scaleWith)
+		ssize, err := SizeByName(o.scaleWith)
 		if err != nil {
 			return err
 		}
 		scfg := ssize.Fixture.WithDefaults()
 		fmt.Fprintf(os.Stderr, "%s  %s: generating %s for the size ratio, measured in the same rounds\n",
 			time.Now().Format("15:04:05"), o.size, o.scaleWith)
-		if small, err = bench.GenerateDB(ctx, srv, "bench_"+o.scaleWith, scfg); err != nil {
+		if small, err = GenerateDB(ctx, srv, "bench_"+o.scaleWith, scfg); err != nil {
 			return err
 		}
 		defer small.Close()
@@ -267,19 +260,19 @@ func run(ctx context.Context, args []string) error {
 
 	for _, s := range o.scenarios {
 		switch s {
-		case bench.ScenarioLatency:
+		case ScenarioLatency:
 			res, err := h.Latency(ctx, srv, o.latency)
 			if err != nil {
 				return err
 			}
 			rep.Scenarios = append(rep.Scenarios, res...)
-		case bench.ScenarioSkew:
+		case ScenarioSkew:
 			res, err := h.Skew(ctx, srv, o.skew)
 			if err != nil {
 				return err
 			}
 			rep.Scenarios = append(rep.Scenarios, res)
-		case bench.ScenarioPlan1M:
+		case ScenarioPlan1M:
 			res, err := h.Plan1M(ctx, srv, o.plan1m)
 			if err != nil {
 				return err
@@ -293,23 +286,23 @@ func run(ctx context.Context, args []string) error {
 		rep.MediumWall = map[int]time.Duration{}
 		for _, res := range scaled.medians() {
 			switch res.Mode {
-			case bench.ModeLimit:
+			case ModeLimit:
 				rep.MediumLimit = res.Wall
-			case bench.ModeShardfill:
+			case ModeShardfill:
 				rep.MediumWall[res.Concurrency] = res.Wall
 			}
 		}
 		rep.Notes = append(rep.Notes, fmt.Sprintf("Size ratio: %s (%d usage rows, checked against its oracle) was measured in this run, "+
 			"each round right after this size's, in the same server; its medians: %s.", o.scaleWith, small.Stats.Usage, scaled.summary()))
 	} else if o.size == "large" {
-		rep.MediumLimit = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeLimit, 0)
+		rep.MediumLimit = ReadWall(filepath.Join(o.out, "medium.csv"), ModeLimit, 0)
 		rep.MediumWall = map[int]time.Duration{}
 		for _, c := range o.concurrency {
-			rep.MediumWall[c] = bench.ReadWall(filepath.Join(o.out, "medium.csv"), bench.ModeShardfill, c)
+			rep.MediumWall[c] = ReadWall(filepath.Join(o.out, "medium.csv"), ModeShardfill, c)
 		}
 	}
 	rep.Notes = append(rep.Notes, "Slice times are claim → commit of the slice's batch (slices claimed together share their batch's time).",
-		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+bench.SharedBuffers()+" (a quarter of the machine's memory: the rollup and its indexes outgrow the test default).")
+		"Server: a throwaway PostgreSQL 15 with fsync off and shared_buffers = "+SharedBuffers()+" (a quarter of the machine's memory: the rollup and its indexes outgrow the test default).")
 	rep.Notes = append(rep.Notes, "Peak RSS is the shardfill process's VmHWM, sampled every 10 ms from /proc. "+
 		"wait4's ru_maxrss (CSV column rusage_maxrss_kib) is not used: Go starts children with vfork semantics and exec "+
 		"records the peak of the replaced address space, i.e. the bench process's own RSS, so it reports at least the bench's size.")
@@ -328,12 +321,12 @@ func run(ctx context.Context, args []string) error {
 // rounds collects each mode's results over the rounds, in first-seen order.
 type rounds struct {
 	order []string
-	byKey map[string][]bench.Result
+	byKey map[string][]Result
 }
 
-func newRounds() *rounds { return &rounds{byKey: map[string][]bench.Result{}} }
+func newRounds() *rounds { return &rounds{byKey: map[string][]Result{}} }
 
-func (r *rounds) keep(res bench.Result) {
+func (r *rounds) keep(res Result) {
 	key := res.Label()
 	if _, ok := r.byKey[key]; !ok {
 		r.order = append(r.order, key)
@@ -342,10 +335,10 @@ func (r *rounds) keep(res bench.Result) {
 }
 
 // medians is each mode's median round.
-func (r *rounds) medians() []bench.Result {
-	var out []bench.Result
+func (r *rounds) medians() []Result {
+	var out []Result
 	for _, key := range r.order {
-		out = append(out, bench.Median(r.byKey[key]))
+		out = append(out, Median(r.byKey[key]))
 	}
 	return out
 }
@@ -362,17 +355,17 @@ func (r *rounds) summary() string {
 // measure runs one round of the modes on db into r and returns the last
 // shardfill run's id. Serial, minutes long, runs only when withSerial (the
 // first round of the measured size).
-func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, withSerial bool, r *rounds) (int64, error) {
+func measure(ctx context.Context, h *Harness, o *options, db *DB, withSerial bool, r *rounds) (int64, error) {
 	var lastRun int64
 	for _, mode := range o.modes {
 		switch mode {
-		case bench.ModeLimit:
+		case ModeLimit:
 			res, err := h.Limit(ctx, db)
 			if err != nil {
 				return 0, err
 			}
 			r.keep(res)
-		case bench.ModeSerial:
+		case ModeSerial:
 			if !withSerial {
 				continue
 			}
@@ -381,7 +374,7 @@ func measure(ctx context.Context, h *bench.Harness, o *options, db *bench.DB, wi
 				return 0, err
 			}
 			r.keep(res)
-		case bench.ModeShardfill:
+		case ModeShardfill:
 			for _, c := range o.concurrency {
 				res, err := h.Shardfill(ctx, db, c)
 				if err != nil {
