@@ -1,5 +1,5 @@
-// Command bench (shardfill-bench) measures shardfill against the two references it has to be
-// judged by, on one generated database per size:
+// Command bench (shardfill-bench) measures shardfill against the two
+// references it has to be judged by, on one generated database per size:
 //
 //   - serial: the command shardfill replaces, i.e. one call of
 //     rollup_task_usage_hourly_window per calendar month over all
