@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// versionText is what `shardfill version` and `--version` print: the
+// module version and the VCS revision the binary was built from, as the Go
+// toolchain stamped them into the build info.
+func versionText() string {
+	version, settings := "(unknown)", map[string]string{}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version = bi.Main.Version
+		if version == "" {
+			version = "(devel)"
+		}
+		for _, s := range bi.Settings {
+			settings[s.Key] = s.Value
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "shardfill %s\n", version)
+	if rev := settings["vcs.revision"]; rev != "" {
+		if settings["vcs.modified"] == "true" {
+			rev += " (modified: built with uncommitted changes)"
+		}
+		fmt.Fprintf(&b, "  revision   %s\n", rev)
+	} else {
+		fmt.Fprintf(&b, "  revision   unknown (built without VCS information)\n")
+	}
+	if t := settings["vcs.time"]; t != "" {
+		fmt.Fprintf(&b, "  committed  %s\n", t)
+	}
+	fmt.Fprintf(&b, "  go         %s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return b.String()
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and the VCS revision of this binary",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), versionText())
+			return err
+		},
+	}
+}
