@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -87,6 +88,25 @@ func TestVersion(t *testing.T) {
 		if !strings.Contains(out1, want) {
 			t.Errorf("version lacks %q:\n%s", want, out1)
 		}
+	}
+}
+
+// The revision, its commit time and a dirty tree come from the build info.
+func TestVersionFromBuildInfo(t *testing.T) {
+	t.Parallel()
+	bi := &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "0123456789abcdef0123456789abcdef01234567"},
+		{Key: "vcs.time", Value: "2026-11-30T12:00:00Z"},
+		{Key: "vcs.modified", Value: "true"},
+	}}
+	got := formatVersion(bi)
+	for _, want := range []string{"shardfill v1.2.3\n", "revision   0123456789abcdef0123456789abcdef01234567 (modified", "committed  2026-11-30T12:00:00Z", runtime.Version()} {
+		if !strings.Contains(got, want) {
+			t.Errorf("version lacks %q:\n%s", want, got)
+		}
+	}
+	if got := formatVersion(nil); !strings.Contains(got, "revision   unknown") {
+		t.Errorf("without build info:\n%s", got)
 	}
 }
 

@@ -13,8 +13,14 @@ import (
 // module version and the VCS revision the binary was built from, as the Go
 // toolchain stamped them into the build info.
 func versionText() string {
+	bi, _ := debug.ReadBuildInfo()
+	return formatVersion(bi)
+}
+
+// formatVersion renders build info (nil when the binary has none).
+func formatVersion(bi *debug.BuildInfo) string {
 	version, settings := "(unknown)", map[string]string{}
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	if bi != nil {
 		version = bi.Main.Version
 		if version == "" {
 			version = "(devel)"
