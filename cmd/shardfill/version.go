@@ -9,6 +9,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// buildRevision is the VCS revision given at link time
+// (-ldflags "-X main.buildRevision=..."), for builds without the
+// repository's .git, such as the Dockerfile's; the build info's own
+// vcs.revision wins when there is one.
+var buildRevision string
+
 // versionText is what `shardfill version` and `--version` print: the
 // module version and the VCS revision the binary was built from, as the Go
 // toolchain stamped them into the build info.
@@ -31,6 +37,9 @@ func formatVersion(bi *debug.BuildInfo) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "shardfill %s\n", version)
+	if settings["vcs.revision"] == "" && buildRevision != "" {
+		settings["vcs.revision"] = buildRevision
+	}
 	if rev := settings["vcs.revision"]; rev != "" {
 		if settings["vcs.modified"] == "true" {
 			rev += " (modified: built with uncommitted changes)"
