@@ -49,12 +49,17 @@ func TestNumericFlagsBounded(t *testing.T) {
 		{"--statement-timeout", []string{"run", "--statement-timeout", "25h"}},
 		{"--lock-timeout", []string{"run", "--lock-timeout", "25h"}},
 		{"--sleep-between-slices", []string{"run", "--sleep-between-slices", "2h"}},
+		// The demo refuses before it starts a server.
+		{"--concurrency", []string{"demo", "--concurrency", "2147483647"}},
+		{"--months", []string{"demo", "--months", "100000"}},
+		{"--rows", []string{"demo", "--rows", "0"}},
+		{"--interrupt-at", []string{"demo", "--interrupt-at", "NaN"}},
 	} {
 		code, out := cli(t, append(c.args, "--database-url", nowhere)...)
 		if code != 2 || !strings.Contains(out, c.flag+" must be") {
 			t.Errorf("%v: exit %d, want 2 naming %s\n%s", c.args, code, c.flag, out)
 		}
-		if strings.Contains(out, "out of range") || strings.Contains(out, "cannot reach") {
+		if strings.Contains(out, "out of range") || strings.Contains(out, "cannot reach") || strings.Contains(out, "==> ") {
 			t.Errorf("%v: got past validation:\n%s", c.args, out)
 		}
 	}
