@@ -21,24 +21,53 @@ const (
 	DefaultLease        = 60 * time.Second
 )
 
+// Bounds of the [Config] fields: [Config.Validate] refuses a value outside
+// them. They are far beyond any useful setting, but keep every value inside
+// what the arithmetic and the database can take (a pool of MaxConcurrency+3
+// connections fits an int32; MaxMonthsBack months back stay a valid
+// timestamp; a timeout stays a PostgreSQL integer of milliseconds).
+const (
+	MaxConcurrency  = 1024
+	MaxRate         = 1e6
+	MaxBurst        = 1_000_000
+	MaxMonthsBack   = 1200 // a hundred years
+	MaxSliceRowsMax = 10_000_000_000
+	MaxBatchRows    = 10_000_000_000
+	MaxBatchSlices  = 1_000_000
+	MaxAttemptsMax  = 1000
+	MaxBackoff      = time.Hour
+	MaxLease        = 24 * time.Hour
+	MaxTimeout      = 24 * time.Hour // StatementTimeout, LockTimeout
+	MaxSleepBetween = time.Hour      // SleepBetweenSlices
+)
+
 // Config tunes a run. The zero value of every field means its default.
 type Config struct {
 	// Concurrency is the number of workers in this process, each running
 	// one batch of slices (one window's slices, see BatchSlices) at a time:
 	// the slices in flight when batches hold one slice. Default
-	// DefaultConcurrency.
+	// DefaultConcurrency; at most MaxConcurrency.
 	Concurrency int
 	// Rate limits slices started per second across this process; 0 means
-	// no limit. Default 0. With a rate, a batch holds at most Burst slices.
+	// no limit. Default 0; finite, at most MaxRate. With a rate, a batch
+	// holds at most Burst slices.
 	Rate float64
 	// Burst is the rate limiter's bucket size: how many slices may start at
-	// once. Default DefaultBurst.
+	// once. Default DefaultBurst; at most MaxBurst.
 	Burst int
-	// SleepBetweenSlices pauses each worker after each slice. Default 0.
+	// SleepBetweenSlices pauses each worker after each slice. Default 0;
+	// at most MaxSleepBetween.
 	SleepBetweenSlices time.Duration
 	// MonthsBack restricts a new run to the last N UTC calendar months
-	// (the current one included); 0 means all history. Default 0.
+	// (the current one included); 0 means all history. Default 0; at most
+	// MaxMonthsBack.
 	MonthsBack int
+	// MonthsBackGiven says MonthsBack was chosen by the operator even
+	// where it is 0 (a CLI sets it when the flag is on the command line):
+	// resuming a run planned with another range then warns that the range
+	// only applies to a new run. A non-zero MonthsBack warns anyway.
+	// Default false.
+	MonthsBackGiven bool
 	// ForcePartial accepts a MonthsBack that leaves older raw rows out of
 	// the rollup while the watermark still advances. Default false.
 	ForcePartial bool
@@ -56,27 +85,31 @@ type Config struct {
 	// MaxSliceRows cuts a month whose raw rows (all workspaces) exceed it
 	// into whole-day windows of about that many rows when a run is planned;
 	// a slice is one workspace's rows in one window. Default
-	// DefaultMaxSliceRows.
+	// DefaultMaxSliceRows; at most MaxSliceRowsMax.
 	MaxSliceRows int64
 	// BatchRows lets slices of one window share a transaction and one
 	// sweep through the window while their estimated rows stay within it;
 	// each slice is still checkpointed on its own. Keep it above
-	// MaxSliceRows so a window is claimed whole. Default DefaultBatchRows.
+	// MaxSliceRows so a window is claimed whole. Default DefaultBatchRows;
+	// at most MaxBatchRows.
 	BatchRows int64
 	// BatchSlices caps the slices in one batch; 1 disables batching.
-	// Default DefaultBatchSlices.
+	// Default DefaultBatchSlices; at most MaxBatchSlices.
 	BatchSlices int
 	// MaxAttempts bounds the tries of a slice on transient errors.
-	// Default DefaultMaxAttempts.
+	// Default DefaultMaxAttempts; at most MaxAttemptsMax.
 	MaxAttempts int
 	// Backoff is the first retry delay; it doubles per attempt, with
-	// jitter, up to 30 times its value. Default DefaultBackoff.
+	// jitter, up to 30 times its value. Default DefaultBackoff; at most
+	// MaxBackoff.
 	Backoff time.Duration
 	// Lease is how long a claim stays valid without renewal. Default
-	// DefaultLease.
+	// DefaultLease; from 1s to MaxLease.
 	Lease time.Duration
 	// StatementTimeout and LockTimeout apply to each slice's transaction
-	// only; 0 leaves the server's setting. Default 0.
+	// only; 0 leaves the server's setting. Default 0; at most MaxTimeout.
+	// A fraction of a millisecond is rounded up to the next millisecond,
+	// never down to 0 (which would mean no timeout).
 	StatementTimeout time.Duration
 	LockTimeout      time.Duration
 	// Owner names this process in the checkpoint tables. Default
@@ -144,38 +177,44 @@ func (c Config) Validate() error {
 		return &ConfigError{Msg: fmt.Sprintf("{%s} %s, got %v", field, rule, got)}
 	}
 	switch {
-	case c.Concurrency < 1:
-		return bad("Concurrency", "must be at least 1", c.Concurrency)
-	case c.Rate < 0:
-		return bad("Rate", "must be 0 (no limit) or positive", c.Rate)
-	case c.Burst < 1:
-		return bad("Burst", "must be at least 1", c.Burst)
-	case c.MonthsBack < 0:
-		return bad("MonthsBack", "must not be negative", c.MonthsBack)
-	case c.SleepBetweenSlices < 0:
-		return bad("SleepBetweenSlices", "must not be negative", c.SleepBetweenSlices)
-	case c.MaxSliceRows < 1:
-		return bad("MaxSliceRows", "must be at least 1", c.MaxSliceRows)
-	case c.BatchRows < 1:
-		return bad("BatchRows", "must be at least 1", c.BatchRows)
-	case c.BatchSlices < 1:
-		return bad("BatchSlices", "must be at least 1", c.BatchSlices)
-	case c.MaxAttempts < 1:
-		return bad("MaxAttempts", "must be at least 1", c.MaxAttempts)
-	case c.Backoff < 0:
-		return bad("Backoff", "must not be negative", c.Backoff)
-	case c.Lease < time.Second:
-		return bad("Lease", "must be at least 1s", c.Lease)
-	case c.StatementTimeout < 0:
-		return bad("StatementTimeout", "must not be negative", c.StatementTimeout)
-	case c.LockTimeout < 0:
-		return bad("LockTimeout", "must not be negative", c.LockTimeout)
+	case c.Concurrency < 1 || c.Concurrency > MaxConcurrency:
+		return bad("Concurrency", fmt.Sprintf("must be from 1 to %d", MaxConcurrency), c.Concurrency)
+	case !(c.Rate >= 0 && c.Rate <= MaxRate): // NaN fails both comparisons
+		return bad("Rate", fmt.Sprintf("must be 0 (no limit) or a positive number of at most %g", float64(MaxRate)), c.Rate)
+	case c.Burst < 1 || c.Burst > MaxBurst:
+		return bad("Burst", fmt.Sprintf("must be from 1 to %d", MaxBurst), c.Burst)
+	case c.MonthsBack < 0 || c.MonthsBack > MaxMonthsBack:
+		return bad("MonthsBack", fmt.Sprintf("must be from 0 (all history) to %d", MaxMonthsBack), c.MonthsBack)
+	case c.SleepBetweenSlices < 0 || c.SleepBetweenSlices > MaxSleepBetween:
+		return bad("SleepBetweenSlices", "must be from 0 to "+MaxSleepBetween.String(), c.SleepBetweenSlices)
+	case c.MaxSliceRows < 1 || c.MaxSliceRows > MaxSliceRowsMax:
+		return bad("MaxSliceRows", fmt.Sprintf("must be from 1 to %d", int64(MaxSliceRowsMax)), c.MaxSliceRows)
+	case c.BatchRows < 1 || c.BatchRows > MaxBatchRows:
+		return bad("BatchRows", fmt.Sprintf("must be from 1 to %d", int64(MaxBatchRows)), c.BatchRows)
+	case c.BatchSlices < 1 || c.BatchSlices > MaxBatchSlices:
+		return bad("BatchSlices", fmt.Sprintf("must be from 1 to %d", MaxBatchSlices), c.BatchSlices)
+	case c.MaxAttempts < 1 || c.MaxAttempts > MaxAttemptsMax:
+		return bad("MaxAttempts", fmt.Sprintf("must be from 1 to %d", MaxAttemptsMax), c.MaxAttempts)
+	case c.Backoff < 0 || c.Backoff > MaxBackoff:
+		return bad("Backoff", "must be from 0 to "+MaxBackoff.String(), c.Backoff)
+	case c.Lease < time.Second || c.Lease > MaxLease:
+		return bad("Lease", "must be from 1s to "+MaxLease.String(), c.Lease)
+	case c.StatementTimeout < 0 || c.StatementTimeout > MaxTimeout:
+		return bad("StatementTimeout", "must be from 0 (server default) to "+MaxTimeout.String(), c.StatementTimeout)
+	case c.LockTimeout < 0 || c.LockTimeout > MaxTimeout:
+		return bad("LockTimeout", "must be from 0 (server default) to "+MaxTimeout.String(), c.LockTimeout)
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:
 		return &ConfigError{Msg: "{ForcePartial} only makes sense with {MonthsBack}"}
 	}
 	return nil
+}
+
+// pgMillis renders d as a PostgreSQL duration setting in whole
+// milliseconds, rounded up: 500µs is 1ms, never 0ms (no timeout at all).
+func pgMillis(d time.Duration) string {
+	return fmt.Sprintf("%dms", (d+time.Millisecond-1)/time.Millisecond)
 }
 
 func defaultOwner() string {

@@ -165,7 +165,9 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"watermark_target", run.WatermarkTarget.UTC().Format(time.RFC3339))
 	} else {
 		log.Info("resuming run", "run", run.ID, "done", res.Start.Done, "of", res.Start.Total)
-		if !sameBound(run.RangeFrom, rangeFrom) {
+		// Only a range the operator asked for is worth a warning: a resume
+		// with no range given simply keeps the planned one.
+		if (e.cfg.MonthsBack != 0 || e.cfg.MonthsBackGiven) && !sameBound(run.RangeFrom, rangeFrom) {
 			log.Warn("resuming keeps the range the run was planned with; a range applies to a new run",
 				"run", run.ID, "planned_from", run.RangeFrom, "asked_from", rangeFrom)
 		}

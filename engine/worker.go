@@ -278,7 +278,7 @@ func txSettings(cfg Config) map[string]string {
 	}
 	for name, d := range map[string]time.Duration{"statement_timeout": cfg.StatementTimeout, "lock_timeout": cfg.LockTimeout} {
 		if d > 0 {
-			settings[name] = fmt.Sprintf("%dms", d.Milliseconds())
+			settings[name] = pgMillis(d) // rounded up: never 0 (no timeout)
 		}
 	}
 	return settings

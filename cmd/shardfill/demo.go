@@ -30,6 +30,21 @@ rows, prints a summary and stops the database. Nothing outside the temp dir
 is touched.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Refuse bad numbers before a server is started for nothing.
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			for _, n := range []struct {
+				flag     string
+				got, max int
+			}{{"--workspaces", gen.Workspaces, 1_000_000}, {"--months", gen.Months, engine.MaxMonthsBack}, {"--rows", gen.Rows, 1_000_000_000}} {
+				if n.got < 1 || n.got > n.max {
+					return usageError{fmt.Errorf("%s must be from 1 to %d, got %d", n.flag, n.max, n.got)}
+				}
+			}
+			if !(interruptAt >= 0 && interruptAt < 1) {
+				return usageError{fmt.Errorf("--interrupt-at must be from 0 (never) to below 1, got %v", interruptAt)}
+			}
 			return runDemo(cmd.Context(), g, gen, cfg, interruptAt)
 		},
 	}

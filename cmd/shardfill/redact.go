@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/url"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -21,16 +24,42 @@ type redactor struct {
 
 func newRedactor(w io.Writer) *redactor { return &redactor{w: w} }
 
-// Add registers a secret, along with its URL-escaped forms.
+// publicPassword is the password of the documented default URL
+// (defaultDatabaseURL): printed in the help and the CLI reference, it is no
+// secret, and blanking it would blank every user= and database= of the
+// default setup, whose user and database have the same name.
+const publicPassword = "multica"
+
+// Add registers a secret, whole, along with the forms it takes when it is
+// escaped: in a URL, in Go's %q (usage errors), in a JSON string (JSON
+// logs). Never a piece of it: blanking a fragment shorter than the secret
+// mangles every word that holds the fragment, and hides nothing.
 func (r *redactor) Add(secret string) {
-	if secret == "" {
+	if secret == "" || secret == publicPassword {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret), url.UserPassword("x", secret).String()[2:]} {
-		r.secrets = append(r.secrets, []byte(s))
+	quoted := strconv.Quote(secret)
+	for _, s := range []string{secret, url.QueryEscape(secret), url.PathEscape(secret), url.UserPassword("x", secret).String()[2:],
+		quoted[1 : len(quoted)-1], jsonString(secret, true), jsonString(secret, false)} {
+		if !slices.ContainsFunc(r.secrets, func(have []byte) bool { return string(have) == s }) {
+			r.secrets = append(r.secrets, []byte(s))
+		}
 	}
+	// Longest first: a form that holds another is blanked whole.
+	slices.SortFunc(r.secrets, func(a, b []byte) int { return len(b) - len(a) })
+}
+
+// jsonString is s as it appears inside a JSON string, with or without
+// HTML escaping (encoding/json escapes <, > and &; log/slog does not).
+func jsonString(s string, escapeHTML bool) string {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(escapeHTML)
+	_ = enc.Encode(s)
+	js := strings.TrimSuffix(b.String(), "\n")
+	return js[1 : len(js)-1]
 }
 
 func (r *redactor) Write(p []byte) (int, error) {
@@ -48,14 +77,17 @@ func (r *redactor) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// urlPassword finds the password of a URL even where url.Parse gives up.
-var urlPassword = regexp.MustCompile(`://[^:/@\s]*:([^@\s]+)@`)
+// urlPassword finds the password of a URL even where url.Parse gives up:
+// everything from the user's colon to the last '@' of the authority, so a
+// password with an unescaped '@' is found whole, never cut at its first '@'.
+var urlPassword = regexp.MustCompile(`://[^:/@\s]*:([^/\s]*)@`)
 
 // dsnPassword finds password=... in a key/value connection string.
 var dsnPassword = regexp.MustCompile(`password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
 
 // secretsIn returns the passwords an argument may carry: a URL's user
-// password (after a --flag= prefix, if any) or a DSN's password=.
+// password (after a --flag= prefix, if any) or a DSN's password=. Each is
+// whole (see [redactor.Add]).
 func secretsIn(arg string) []string {
 	if i := strings.Index(arg, "="); strings.HasPrefix(arg, "--") && i > 0 {
 		arg = arg[i+1:]
@@ -67,7 +99,8 @@ func secretsIn(arg string) []string {
 		}
 	}
 	for _, m := range urlPassword.FindAllStringSubmatch(arg, -1) {
-		if pw, err := url.PathUnescape(m[1]); err == nil {
+		out = append(out, m[1])
+		if pw, err := url.PathUnescape(m[1]); err == nil && pw != m[1] {
 			out = append(out, pw)
 		}
 	}

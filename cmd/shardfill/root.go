@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -18,6 +22,12 @@ import (
 
 // defaultDatabaseURL is the serial command's default, kept for runbooks.
 const defaultDatabaseURL = "postgres://multica:multica@localhost:5432/multica?sslmode=disable"
+
+// defaultConnectTimeout bounds a connection attempt (TCP, TLS and the
+// startup exchange) unless the URL or PGCONNECT_TIMEOUT sets
+// connect_timeout: a server that accepts the connection and never answers
+// must not hang the command forever.
+const defaultConnectTimeout = 10 * time.Second
 
 // globals are the flags every command shares, and the output they write to.
 type globals struct {
@@ -42,15 +52,19 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return g.setup()
 		},
-		// Without a subcommand, help; with an unknown one, a usage error.
-		Args: func(_ *cobra.Command, args []string) error {
+		// Without a subcommand, help; with an unknown one, a usage error
+		// with cobra's suggestions.
+		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q; see `shardfill --help`", args[0])}
+				return usageError{unknownCommand(cmd, args[0])}
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
+	root.SuggestionsMinimumDistance = 2 // cobra defaults it only on its own path
+	root.Version = versionText()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(out)
 	root.SetErr(errOut)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -60,8 +74,22 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 	pf.StringVar(&g.schema, "schema", "shardfill", "schema of shardfill's checkpoint tables (created on first use)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "structured logs on stderr: text or json")
 
-	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g))
+	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g), newVersionCmd())
 	return root
+}
+
+// unknownCommand phrases a mistyped command, with cobra's "did you mean"
+// suggestions (within SuggestionsMinimumDistance edits, or by prefix). An
+// argument that looks like a connection string is not echoed.
+func unknownCommand(root *cobra.Command, arg string) error {
+	if strings.Contains(arg, "://") || strings.Contains(arg, "=") {
+		return errors.New("unknown command: the argument looks like a connection string; pass it with --database-url or DATABASE_URL")
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", arg, root.Name())
+	if sugg := root.SuggestionsFor(arg); len(sugg) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(sugg, "\n\t") + "\n"
+	}
+	return errors.New(msg + "\nRun 'shardfill --help' for usage.")
 }
 
 // setup validates the shared flags and prepares logging.
@@ -103,6 +131,12 @@ func (g *globals) resolveURL() string {
 // bookkeeping, after registering the password with the output redactors.
 func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, error) {
 	raw := g.resolveURL()
+	if multipleAt(raw) {
+		// Parsers split such a URL differently (pgx took the password's
+		// tail for the host name and printed it): refuse it unseen.
+		return nil, usageError{errors.New("the database URL (--database-url or DATABASE_URL) holds more than one '@' before its host: " +
+			"percent-encode every '@' in the user name and password as %40 (the URL is not shown: it holds a password)")}
+	}
 	g.addSecret(os.Getenv("PGPASSWORD"))
 	if u, err := url.Parse(raw); err == nil && u.User != nil {
 		if pw, ok := u.User.Password(); ok {
@@ -116,15 +150,48 @@ func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, 
 	}
 	g.addSecret(cfg.ConnConfig.Password)
 	cfg.MaxConns = int32(concurrency + 3)
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("cannot reach the database (check --database-url / DATABASE_URL and that the server is up): %w", err)
+		return nil, connectError(ctx, cfg.ConnConfig.User, cfg.ConnConfig.ConnectTimeout, err)
 	}
 	return pool, nil
+}
+
+// connectError says why the first connection failed in the operator's
+// terms: a refused login is not an unreachable server, and a server that
+// never answers is named as such.
+func connectError(ctx context.Context, user string, timeout time.Duration, err error) error {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000"):
+		return fmt.Errorf("authentication failed for user %q: check the password (in --database-url, DATABASE_URL or PGPASSWORD), "+
+			"that the role may log in, and the server's pg_hba.conf: %w", user, err)
+	case ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)):
+		return fmt.Errorf("cannot reach the database: the server did not answer within %s "+
+			"(set connect_timeout=SECONDS in the URL to wait longer; check the host and port): %w", timeout, err)
+	}
+	return fmt.Errorf("cannot reach the database (check --database-url / DATABASE_URL and that the server is up): %w", err)
+}
+
+// multipleAt reports whether a URL's authority (between "://" and the
+// path, query or fragment) holds more than one '@': a user name or password
+// with an '@' left unescaped.
+func multipleAt(raw string) bool {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return false // a key=value connection string
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	return strings.Count(rest, "@") > 1
 }
 
 func (g *globals) addSecret(s string) {
@@ -151,12 +218,17 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
+	return g.newEngineFor(ctx, cfg, new(job.Hourly))
+}
+
+// newEngineFor is newEngine for another job (verify wraps the hourly one).
+func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, j engine.Job) (*engine.Engine, *pgxpool.Pool, error) {
 	pool, err := g.connect(ctx, max(cfg.Concurrency, 1))
 	if err != nil {
 		return nil, nil, err
 	}
 	cfg.Logger = g.log
-	e, err := engine.New(pool, g.schema, new(job.Hourly), &cfg)
+	e, err := engine.New(pool, g.schema, j, &cfg)
 	if err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -35,6 +35,7 @@ command again resumes. Several processes, on several hosts, may run it
 against one database at once: they share the run.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.MonthsBackGiven = cmd.Flags().Changed("months-back")
 			if dryRun {
 				return printPlan(cmd, g, cfg)
 			}
@@ -107,6 +108,7 @@ func newPlanCmd(g *globals) *cobra.Command {
 		Short: "Print the slices a run would have; write nothing",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.MonthsBackGiven = cmd.Flags().Changed("months-back")
 			return printPlan(cmd, g, cfg)
 		},
 	}
@@ -129,6 +131,8 @@ func printPlan(cmd *cobra.Command, g *globals, cfg engine.Config) error {
 	if p.Resume != nil {
 		printf(w, "run would resume run %d (%s): %d of %d slices done, %d pending, %d failed\n",
 			p.Resume.ID, p.Resume.State, p.Counts.Done, p.Counts.Total, p.Counts.Pending, p.Counts.Failed)
+		printf(w, "watermark target: %s (run %d's, taken when it was planned)\n",
+			p.Resume.WatermarkTarget.UTC().Format(time.RFC3339), p.Resume.ID)
 		printf(w, "a new run (--new-run) would have:\n")
 	}
 	rng := "all history"
@@ -136,6 +140,16 @@ func printPlan(cmd *cobra.Command, g *globals, cfg engine.Config) error {
 		rng = "from " + p.RangeFrom.UTC().Format("2006-01-02")
 	}
 	printf(w, "slices: %d (%s)\nestimated rows: %d\n", p.Slices, rng, p.Rows)
+	// The expression the checkpoint tables plan a run with.
+	var target time.Time
+	if err := pool.QueryRow(cmd.Context(), `SELECT now() - interval '5 minutes'`).Scan(&target); err != nil {
+		return err
+	}
+	label := "watermark target"
+	if p.Resume != nil {
+		label = "its watermark target"
+	}
+	printf(w, "%s: %s (the database's now() - 5 minutes, taken when the run is planned)\n", label, target.UTC().Format(time.RFC3339))
 	if len(p.Largest) > 0 {
 		printf(w, "largest slices:\n")
 		for _, s := range p.Largest {

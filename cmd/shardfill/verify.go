@@ -1,13 +1,78 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
 )
+
+// pacedVerify is the hourly job whose per-month comparison waits for a
+// rate limiter and logs each month it checked: verify's --rate and its
+// progress, without a change to the engine's loop.
+type pacedVerify struct {
+	*job.Hourly
+	limiter *rate.Limiter // nil: no limit
+	log     *slog.Logger
+
+	mu          sync.Mutex
+	last        time.Time // the last month of the extent
+	total, done int       // months of the first pass, and checked so far
+	mismatches  int
+	started     time.Time
+}
+
+// Extent notes the last month the first pass will check.
+func (p *pacedVerify) Extent(ctx context.Context, q job.Querier) (first, last *time.Time, err error) {
+	first, last, err = p.Hourly.Extent(ctx, q)
+	if err == nil && last != nil {
+		p.last = shard.MonthStart(*last)
+	}
+	p.started = time.Now()
+	return first, last, err
+}
+
+func (p *pacedVerify) Verify(ctx context.Context, q job.Querier, from, to time.Time) ([]job.Mismatch, error) {
+	if p.limiter != nil {
+		if err := p.limiter.Wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+	got, err := p.Hourly.Verify(ctx, q, from, to)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done == 0 {
+		// The pass starts here (the engine may have moved the first month
+		// up for --months-back) and runs month by month to the last.
+		p.total = monthsBetween(shard.MonthStart(from), p.last) + 1
+	}
+	p.done++
+	p.mismatches += len(got)
+	if p.done > p.total {
+		p.log.Info("checked a repaired month again", "month", from.UTC().Format("2006-01"), "mismatches", len(got))
+		return got, nil
+	}
+	p.log.Info("verified month", "month", from.UTC().Format("2006-01"), "done", p.done, "of", p.total,
+		"mismatches", p.mismatches, "elapsed", time.Since(p.started).Round(time.Millisecond).String())
+	return got, nil
+}
+
+// monthsBetween counts the whole months from a to b (both month starts).
+func monthsBetween(a, b time.Time) int {
+	return (b.Year()-a.Year())*12 + int(b.Month()) - int(a.Month())
+}
 
 // errMismatch makes verify exit 1 when the rollup is wrong.
 type errMismatch struct{ n int }
@@ -18,6 +83,7 @@ func (e errMismatch) Error() string {
 
 func newVerifyCmd(g *globals) *cobra.Command {
 	var asJSON, repair bool
+	var monthsPerSecond float64
 	cfg := engine.DefaultConfig()
 	cfg.Concurrency = 1
 	cmd := &cobra.Command{
@@ -30,7 +96,17 @@ mismatch (after repair, if asked).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			e, pool, err := g.newEngine(ctx, cfg)
+			// Config.Validate bounds the rate like run's (finite, 0..MaxRate):
+			// the engine's verify does not read it.
+			cfg.Rate = monthsPerSecond
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			paced := &pacedVerify{Hourly: new(job.Hourly), log: g.log}
+			if monthsPerSecond > 0 {
+				paced.limiter = rate.NewLimiter(rate.Limit(monthsPerSecond), 1)
+			}
+			e, pool, err := g.newEngineFor(ctx, cfg, paced)
 			if err != nil {
 				return err
 			}
@@ -79,5 +155,6 @@ mismatch (after repair, if asked).`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	cmd.Flags().BoolVar(&repair, "repair", false, "re-run the mismatching slices")
 	cmd.Flags().IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months")
+	cmd.Flags().Float64Var(&monthsPerSecond, "rate", 0, "months compared per second (0 = no limit): each month is one statement over its raw rows")
 	return cmd
 }
