@@ -2,19 +2,26 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/shardfill/shardfill/shard"
 )
 
 // Fail records a slice's permanent error. It does nothing if the claim was
-// lost meanwhile: the slice belongs to someone else now.
-func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, cause error) error {
+// lost meanwhile: the slice belongs to someone else now. The error's
+// unwrapped cause (without the slice it names) is stored apart, so that
+// status can group failures by cause.
+func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, failure error) error {
+	cause := failure
+	if u := errors.Unwrap(failure); u != nil {
+		cause = u
+	}
 	_, err := s.db.Exec(ctx, s.q(`
 		UPDATE _SCHEMA_.slice
-		SET state = 'failed', error = $5, finished_at = now(), lease_until = NULL
+		SET state = 'failed', error = $5, cause = $6, finished_at = now(), lease_until = NULL
 		WHERE run_id = $1 AND id = $2 AND owner = $3 AND attempts = $4 AND state = 'running'`),
-		sl.RunID, sl.ID, owner, sl.Attempt, cause.Error())
+		sl.RunID, sl.ID, owner, sl.Attempt, failure.Error(), cause.Error())
 	return err
 }
 

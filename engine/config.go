@@ -19,6 +19,8 @@ const (
 	DefaultMaxAttempts  = 5
 	DefaultBackoff      = 200 * time.Millisecond
 	DefaultLease        = 60 * time.Second
+	// DefaultMaxConcurrency is the least MaxConcurrency defaults to.
+	DefaultMaxConcurrency = 32
 )
 
 // Config tunes a run. The zero value of every field means its default.
@@ -28,6 +30,13 @@ type Config struct {
 	// the slices in flight when batches hold one slice. Default
 	// DefaultConcurrency.
 	Concurrency int
+	// MaxConcurrency is the most workers this process runs when the run's
+	// control record (shardfill set --concurrency) raises Concurrency: the
+	// pool starts this many workers and a gate lets Concurrency of them
+	// claim, so the caller must size its connection pool for it (the CLI
+	// allows MaxConcurrency+3 connections, opened only when used). 0 means
+	// the default, max(Concurrency, DefaultMaxConcurrency).
+	MaxConcurrency int
 	// Rate limits slices started per second across this process; 0 means
 	// no limit. Default 0. With a rate, a batch holds at most Burst slices.
 	Rate float64
@@ -100,6 +109,7 @@ func DefaultConfig() Config {
 func (c Config) WithDefaults() Config {
 	d := DefaultConfig()
 	setZero(&c.Concurrency, d.Concurrency)
+	setZero(&c.MaxConcurrency, max(c.Concurrency, DefaultMaxConcurrency))
 	setZero(&c.Burst, d.Burst)
 	setZero(&c.MaxSliceRows, d.MaxSliceRows)
 	setZero(&c.BatchRows, d.BatchRows)
@@ -142,6 +152,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Concurrency < 1:
 		return bad("Concurrency", "must be at least 1", c.Concurrency)
+	case c.MaxConcurrency != 0 && c.MaxConcurrency < c.Concurrency:
+		return bad("MaxConcurrency", fmt.Sprintf("must be 0 (default) or at least {Concurrency} (%d)", c.Concurrency), c.MaxConcurrency)
 	case c.Rate < 0:
 		return bad("Rate", "must be 0 (no limit) or positive", c.Rate)
 	case c.Burst < 1:
