@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,7 +36,7 @@ type Applied struct {
 	Limits   Limits   // effective limits
 	Paused   bool     // the run is paused
 	PausedBy string   // who paused it (when Paused)
-	Holds    []string // reasons the gate is held (pause, throttles); empty when none
+	Holds    []Hold   // what holds the gate (pause, throttles); empty when nothing does
 }
 
 // gate hold keys.
@@ -183,7 +184,7 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 			"concurrency", lim.Concurrency, "sleep_between_slices", lim.SleepBetweenSlices.String())
 	}
 	if first || prev.Version != now.Version || prev.Paused != now.Paused || prev.Limits != now.Limits ||
-		strings.Join(prev.Holds, "\x00") != strings.Join(now.Holds, "\x00") {
+		!slices.Equal(prev.Holds, now.Holds) {
 		if c.e.cfg.OnEvent != nil {
 			c.e.cfg.OnEvent(Event{Kind: ControlApplied, Applied: &now})
 		}
@@ -200,7 +201,11 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 	holds := c.gate.Holds()
 	var reason *string
 	if len(holds) > 0 {
-		r := strings.Join(holds, "; ")
+		reasons := make([]string, len(holds))
+		for i, h := range holds {
+			reasons[i] = h.Reason
+		}
+		r := strings.Join(reasons, "; ")
 		reason = &r
 	}
 	if state == "" {

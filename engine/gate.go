@@ -75,21 +75,23 @@ func (g *Gate) Release(key string) {
 	}
 }
 
-// Holds returns the reasons the gate is held for, sorted by key; empty
-// when it is not held.
-func (g *Gate) Holds() []string {
+// Hold is one holder's hold on a gate.
+type Hold struct {
+	Key    string // who holds: "pause", a throttle's name; stable, fit for a metric label
+	Reason string // why, for people
+}
+
+// Holds returns the holds on the gate, sorted by key; empty when it is not
+// held.
+func (g *Gate) Holds() []Hold {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	keys := make([]string, 0, len(g.holds))
-	for k := range g.holds {
-		keys = append(keys, k)
+	holds := make([]Hold, 0, len(g.holds))
+	for k, r := range g.holds {
+		holds = append(holds, Hold{Key: k, Reason: r})
 	}
-	sort.Strings(keys)
-	reasons := make([]string, len(keys))
-	for i, k := range keys {
-		reasons[i] = g.holds[k]
-	}
-	return reasons
+	sort.Slice(holds, func(i, j int) bool { return holds[i].Key < holds[j].Key })
+	return holds
 }
 
 // Held reports whether anything holds the gate.

@@ -141,8 +141,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := newProgress(g.errOut, true)
-	p.every = time.Second
+	p := newProgress(g.errOut, g.log, true, time.Second, nil)
 	cfg.OnEvent = func(ev engine.Event) {
 		p.event(ev)
 		if stopAt > 0 && p.fraction() >= stopAt {
@@ -154,7 +153,7 @@ func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64)
 		return err
 	}
 	defer pool.Close()
-	stop := p.start(ctx)
+	stop := p.start(ctx, checkpoint.New(pool, g.schema, job.CronLockKey))
 	res, err := e.Run(ctx)
 	stop()
 	if res != nil && !res.NothingToDo {
