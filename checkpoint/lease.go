@@ -75,13 +75,17 @@ func (s *Store) WorkElsewhere(ctx context.Context, runID int64, owner string) (b
 	return any, err
 }
 
-// OthersActive reports whether any slice of run is claimed by an owner
-// other than owner whose lock connection is still alive.
+// OthersActive reports whether a process other than owner still works on
+// run: it claims a slice, or it is registered (a paused process claims
+// nothing) and its lock connection is still alive.
 func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bool, error) {
 	var active bool
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s
 		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2
-		         AND `+s.lock.HeldBy("s.owner_pid")+`)`), runID, owner).Scan(&active)
+		         AND `+s.lock.HeldBy("s.owner_pid")+`)
+		    OR EXISTS (SELECT 1 FROM _SCHEMA_.process p
+		       WHERE p.run_id = $1 AND p.owner <> $2 AND p.state <> 'exited'
+		         AND `+s.lock.HeldBy("p.lock_pid")+`)`), runID, owner).Scan(&active)
 	return active, err
 }

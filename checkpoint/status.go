@@ -131,6 +131,9 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	live := len(st.Processes) > 0
+	if run.State == StateInterrupted && live {
+		st.State = StateRunning // a process left while others work on
+	}
 	if run.State == StateRunning && !live {
 		// A process that was killed could not say so. Every process that
 		// works on a run holds the cron lock in shared mode; a process of

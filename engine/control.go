@@ -32,11 +32,11 @@ type Limits struct {
 // Applied is what a process runs under after it applied a control record
 // (Event.Applied of a ControlApplied event).
 type Applied struct {
-	Version  int64    // control version applied
-	Limits   Limits   // effective limits
-	Paused   bool     // the run is paused
-	PausedBy string   // who paused it (when Paused)
-	Holds    []Hold   // what holds the gate (pause, throttles); empty when nothing does
+	Version  int64  // control version applied
+	Limits   Limits // effective limits
+	Paused   bool   // the run is paused
+	PausedBy string // who paused it (when Paused)
+	Holds    []Hold // what holds the gate (pause, throttles); empty when nothing does
 }
 
 // gate hold keys.
