@@ -125,6 +125,12 @@ func (m *Metrics) Event(ev engine.Event) {
 	case engine.RunStarted:
 		m.rowsTotal.Set(float64(ev.Run.RowsTotal))
 		m.rowsDone.Set(float64(ev.Counts.RowsDone))
+		c := ev.Counts
+		m.slices.WithLabelValues("pending").Set(float64(c.Pending))
+		m.slices.WithLabelValues("running").Set(float64(c.Running))
+		m.slices.WithLabelValues("done").Set(float64(c.Done))
+		m.slices.WithLabelValues("failed").Set(float64(c.Failed))
+		m.eta.Set(-1)
 	case engine.ControlApplied:
 		a := ev.Applied
 		m.rate.Set(a.Limits.Rate)
