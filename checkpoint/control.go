@@ -110,7 +110,8 @@ type ProcessState string
 // Process states in the registry.
 const (
 	ProcessWorking ProcessState = "working" // claims and runs batches
-	ProcessPaused  ProcessState = "paused"  // the run is paused: holds its claims and lock, claims nothing
+	ProcessPausing ProcessState = "pausing" // the run is paused: batches still in flight here
+	ProcessPaused  ProcessState = "paused"  // the run is paused: no batch in flight, holds its lock, claims nothing
 	ProcessHeld    ProcessState = "held"    // something else holds it back (see Reason)
 	ProcessExited  ProcessState = "exited"  // left the run
 )

@@ -55,6 +55,7 @@ type controller struct {
 	sleep   atomic.Int64 // SleepBetweenSlices in effect, ns
 	burst   atomic.Int64 // Burst in effect
 	rated   atomic.Bool  // a rate is in effect
+	pausing atomic.Bool  // paused with batches still in flight, as last acknowledged
 
 	mu      sync.Mutex
 	applied Applied
@@ -95,15 +96,19 @@ func (c *controller) sleepBetween() time.Duration { return time.Duration(c.sleep
 // run polls the control record every ControlInterval until ctx ends or
 // done is closed.
 func (c *controller) run(ctx context.Context, done <-chan struct{}) error {
-	tick := time.NewTicker(ControlInterval)
-	defer tick.Stop()
 	for {
+		// While batches in flight finish after a pause, look more often:
+		// the registry then says "paused" as soon as the last one is done.
+		every := ControlInterval
+		if c.pausing.Load() {
+			every = ControlInterval / 8
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-done:
 			return nil
-		case <-tick.C:
+		case <-time.After(every):
 		}
 		if err := c.poll(ctx); err != nil && ctx.Err() == nil {
 			c.e.cfg.Logger.Warn("could not read the run's control record; keeping the limits in effect", "err", err)
@@ -210,6 +215,8 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 	}
 	if state == "" {
 		switch {
+		case a.Paused && c.gate.Inside() > 0:
+			state = checkpoint.ProcessPausing
 		case a.Paused:
 			state = checkpoint.ProcessPaused
 		case len(holds) > 0:
@@ -218,6 +225,7 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 			state = checkpoint.ProcessWorking
 		}
 	}
+	c.pausing.Store(state == checkpoint.ProcessPausing)
 	host, _ := os.Hostname()
 	return c.e.store.Acknowledge(ctx, c.runID, checkpoint.Process{
 		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lockPID, ControlVersion: a.Version,
