@@ -307,7 +307,12 @@ func TestMetricsProgressRecordsAndRateETA(t *testing.T) {
 		v, _ := strconv.ParseFloat(m[1], 64)
 		return v
 	}
-	first := scrape()
+	// The server is up before the run is planned; wait for work.
+	var first string
+	eventually(t, 30*time.Second, "a slice done in /metrics", func() bool {
+		first = scrape()
+		return strings.Contains(first, "\nshardfill_slices_done_total ") && value(first, "shardfill_slices_done_total") > 0
+	})
 	for _, name := range []string{"shardfill_slices_done_total", "shardfill_rows_written_total", "shardfill_slices_failed_total",
 		"shardfill_slice_retries_total", "shardfill_batch_duration_seconds_bucket", "shardfill_run_slices{state=\"pending\"}",
 		"shardfill_run_rows_done", "shardfill_run_rows_total", "shardfill_run_eta_seconds", "shardfill_run_paused",
