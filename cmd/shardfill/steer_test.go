@@ -275,7 +275,7 @@ func TestMetricsProgressRecordsAndRateETA(t *testing.T) {
 	bin := buildBinary(t)
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	const rate = 8
+	const rate = 4
 	p := startBinary(t, bin, url, "run", "--concurrency", "2", "--rate", strconv.Itoa(rate), "--burst", "1",
 		"--log-format", "json", "--progress-interval", "300ms", "--metrics-addr", "127.0.0.1:0")
 
@@ -367,7 +367,8 @@ func TestMetricsProgressRecordsAndRateETA(t *testing.T) {
 	if code, out := cli(t, "set", "--rate", "0", "--database-url", url); code != 0 {
 		t.Fatalf("set: exit %d\n%s", code, out)
 	}
-	if code := p.wait(t, 30*time.Second); code != 0 {
+	// At the old rate the rest would take far longer.
+	if code := p.wait(t, 3*engine.ControlInterval+4*time.Second); code != 0 {
 		t.Fatalf("run: exit %d\n%s", code, p.output())
 	}
 	sc := bufio.NewScanner(strings.NewReader(p.stderr.String()))
