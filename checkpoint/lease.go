@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -9,13 +10,19 @@ import (
 )
 
 // Fail records a slice's permanent error. It does nothing if the claim was
-// lost meanwhile: the slice belongs to someone else now.
-func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, cause error) error {
+// lost meanwhile: the slice belongs to someone else now. The error's
+// unwrapped cause (without the slice it names) is stored apart, so that
+// status can group failures by cause.
+func (s *Store) Fail(ctx context.Context, sl shard.Slice, owner string, failure error) error {
+	cause := failure
+	if u := errors.Unwrap(failure); u != nil {
+		cause = u
+	}
 	_, err := s.db.Exec(ctx, s.q(`
 		UPDATE _SCHEMA_.slice
-		SET state = 'failed', error = $5, finished_at = now(), lease_until = NULL
+		SET state = 'failed', error = $5, cause = $6, finished_at = now(), lease_until = NULL
 		WHERE run_id = $1 AND id = $2 AND owner = $3 AND attempts = $4 AND state = 'running'`),
-		sl.RunID, sl.ID, owner, sl.Attempt, cause.Error())
+		sl.RunID, sl.ID, owner, sl.Attempt, failure.Error(), cause.Error())
 	return err
 }
 
@@ -74,13 +81,17 @@ func (s *Store) WorkElsewhere(ctx context.Context, runID int64, owner string) (b
 	return any, err
 }
 
-// OthersActive reports whether any slice of run is claimed by an owner
-// other than owner whose lock connection is still alive.
+// OthersActive reports whether a process other than owner still works on
+// run: it claims a slice, or it is registered (a paused process claims
+// nothing) and its lock connection is still alive.
 func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bool, error) {
 	var active bool
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s
 		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2
-		         AND `+s.lock.HeldBy("s.owner_pid")+`)`), runID, owner).Scan(&active)
+		         AND `+s.lock.HeldBy("s.owner_pid")+`)
+		    OR EXISTS (SELECT 1 FROM _SCHEMA_.process p
+		       WHERE p.run_id = $1 AND p.owner <> $2 AND p.state <> 'exited'
+		         AND `+s.lock.HeldBy("p.lock_pid")+`)`), runID, owner).Scan(&active)
 	return active, err
 }

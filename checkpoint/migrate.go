@@ -56,7 +56,9 @@ func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
 	err := tx.QueryRow(ctx, `
 		SELECT (SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n)
 		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)`,
+		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)
+		   AND EXISTS (SELECT FROM pg_attribute
+		               WHERE attrelid = to_regclass($2) AND attname = 'cause' AND NOT attisdropped)`,
 		qualified, s.ident+".slice").Scan(&complete)
 	return complete, err
 }

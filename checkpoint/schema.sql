@@ -71,3 +71,48 @@ CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE
 -- add.
 ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint,
                            ADD COLUMN IF NOT EXISTS window_rows bigint;
+
+-- Failed slices are grouped by their cause: the error without the slice it
+-- happened to (status lists failures by cause, with counts).
+ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS cause text;
+
+-- The desired state of a run, set from any shell (pause, unpause, set) and
+-- polled by every process of the run every few seconds: no LISTEN/NOTIFY,
+-- so it works through a session pooler. version grows by one on every
+-- change; a process acknowledges the version it applied in its process row.
+-- A NULL limit leaves the process's own flag in force.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.control (
+    run_id                  bigint PRIMARY KEY REFERENCES _SCHEMA_.run (id) ON DELETE CASCADE,
+    version                 bigint NOT NULL DEFAULT 0,
+    paused                  boolean NOT NULL DEFAULT false,
+    paused_by               text,
+    paused_at               timestamptz,
+    rate                    double precision CHECK (rate >= 0),
+    burst                   integer CHECK (burst >= 1),
+    concurrency             integer CHECK (concurrency >= 1),
+    sleep_between_slices_ms bigint CHECK (sleep_between_slices_ms >= 0),
+    updated_by              text,
+    updated_at              timestamptz
+);
+
+-- One row per process that works on a run: who it is, what it applied and
+-- under which limits it runs now. A process is live while its lock backend
+-- (lock_pid) holds the cron lock; rows of dead processes stay until the
+-- same owner returns or the run is deleted, and status leaves them out.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.process (
+    run_id                  bigint NOT NULL REFERENCES _SCHEMA_.run (id) ON DELETE CASCADE,
+    owner                   text NOT NULL,
+    host                    text NOT NULL,
+    os_pid                  integer NOT NULL,
+    lock_pid                integer NOT NULL,
+    started_at              timestamptz NOT NULL DEFAULT now(),
+    seen_at                 timestamptz NOT NULL DEFAULT now(),
+    control_version         bigint NOT NULL DEFAULT 0,
+    rate                    double precision NOT NULL,
+    burst                   integer NOT NULL,
+    concurrency             integer NOT NULL,
+    sleep_between_slices_ms bigint NOT NULL,
+    state                   text NOT NULL,
+    reason                  text,
+    PRIMARY KEY (run_id, owner)
+);

@@ -3,10 +3,16 @@ package checkpoint
 import (
 	"context"
 	"fmt"
+	"math"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// StatePaused is how status reports a run whose control record is paused
+// while some process of it is live; it is never stored in the run row.
+const StatePaused RunState = "paused"
 
 // FailedSlice is a slice that ended with a permanent error.
 type FailedSlice struct {
@@ -18,37 +24,86 @@ type FailedSlice struct {
 	Error     string    `json:"error"`
 }
 
+// FailureGroup is every failed slice of a run with one cause.
+type FailureGroup struct {
+	Error   string      `json:"error"`  // the cause, without the slice
+	Slices  int64       `json:"slices"` // failed slices with this cause
+	Example FailedSlice `json:"example"`
+}
+
+// Status limits: what one status lists at most.
+const (
+	MaxFailureGroups = 20
+	MaxFailedSlices  = 1000
+)
+
 // Status is a run as operators see it; the JSON names are part of the CLI
 // contract (status --json).
 type Status struct {
 	RunID int64 `json:"run_id"`
-	// State is one of the contract's planned|running|done|failed|
+	// State is one of the contract's planned|running|paused|done|failed|
 	// interrupted; a run replaced by --new-run reads interrupted, with
-	// Superseded set.
-	State           RunState      `json:"state"`
-	Superseded      bool          `json:"superseded"`
-	PlannedAt       time.Time     `json:"planned_at"`
-	StartedAt       *time.Time    `json:"started_at"`
-	FinishedAt      *time.Time    `json:"finished_at"`
-	SlicesTotal     int64         `json:"slices_total"`
-	SlicesDone      int64         `json:"slices_done"`
-	SlicesFailed    int64         `json:"slices_failed"`
-	SlicesPending   int64         `json:"slices_pending"`
-	SlicesRunning   int64         `json:"slices_running"`
-	RowsTotal       int64         `json:"rows_total"`
-	RowsDone        int64         `json:"rows_done"`
-	RowsPerSecond   float64       `json:"rows_per_second"`
-	ETASeconds      *float64      `json:"eta_seconds"`
-	Owners          []string      `json:"owners"`
-	WatermarkTarget time.Time     `json:"watermark_target"`
-	WatermarkAt     *time.Time    `json:"watermark_at"` // when this run stamped; null until then
-	LastError       *string       `json:"last_error"`
-	FailedSlices    []FailedSlice `json:"failed_slices"`
+	// Superseded set. A running run no live process works on reads
+	// interrupted.
+	State         RunState   `json:"state"`
+	Superseded    bool       `json:"superseded"`
+	PlannedAt     time.Time  `json:"planned_at"`
+	StartedAt     *time.Time `json:"started_at"`
+	FinishedAt    *time.Time `json:"finished_at"`
+	SlicesTotal   int64      `json:"slices_total"`
+	SlicesDone    int64      `json:"slices_done"`
+	SlicesFailed  int64      `json:"slices_failed"`
+	SlicesPending int64      `json:"slices_pending"`
+	SlicesRunning int64      `json:"slices_running"`
+	RowsTotal     int64      `json:"rows_total"`
+	RowsDone      int64      `json:"rows_done"`
+	// RowsPerSecond is measured over the slices finished in the last
+	// RateWindowSeconds: the last minute, or less while the live processes
+	// have worked for less than a minute.
+	RowsPerSecond     float64 `json:"rows_per_second"`
+	RateWindowSeconds float64 `json:"rate_window_seconds"`
+	// ETASeconds is null unless some live process works on the run and
+	// a pace is known; under a rate limit it is at least what the limits
+	// allow (unfinished slices / the processes' summed rates).
+	ETASeconds *float64 `json:"eta_seconds"`
+	// Owners are the live processes holding claims.
+	Owners          []string   `json:"owners"`
+	WatermarkTarget time.Time  `json:"watermark_target"`
+	WatermarkAt     *time.Time `json:"watermark_at"` // the watermark's value once this run stamped it; null until then
+	StampedAt       *time.Time `json:"stamped_at"`   // when this run stamped the watermark; null until then
+	LastError       *string    `json:"last_error"`
+	// Control: the run's desired state (pause, limits) and its version.
+	Paused         bool       `json:"paused"`
+	PausedBy       *string    `json:"paused_by"`
+	PausedAt       *time.Time `json:"paused_at"`
+	ControlVersion int64      `json:"control_version"`
+	Limits         Limits     `json:"limits"`
+	// Processes are the live processes of the run with the limits each
+	// runs under and when it last acknowledged the control record.
+	Processes []Process `json:"processes"`
+	// ThrottleReason says what holds the run back (a pause, a health
+	// throttle); null when nothing does.
+	ThrottleReason *string `json:"throttle_reason"`
+	// Failures groups the failed slices by cause, the most frequent first,
+	// at most MaxFailureGroups; FailureGroupsOmitted says how many groups
+	// were left out.
+	Failures             []FailureGroup `json:"failures"`
+	FailureGroupsOmitted int64          `json:"failure_groups_omitted"`
+	// FailedSlices lists failed slices one by one, at most MaxFailedSlices;
+	// FailedSlicesOmitted says how many were left out.
+	FailedSlices        []FailedSlice `json:"failed_slices"`
+	FailedSlicesOmitted int64         `json:"failed_slices_omitted"`
 }
 
+// causeSQL is a failed slice's cause: stored apart since failures are
+// grouped; for slices failed by older versions, the error without the
+// slice name it starts with.
+const causeSQL = `coalesce(cause, regexp_replace(coalesce(error, ''), '^slice [0-9]+ \(workspace [^,]*, [^)]*\): ', ''))`
+
 // Status reads run's progress. The rate is measured over the slices
-// finished in the last minute, so it reflects the current pace of every
-// process working on the run.
+// finished in the last minute (or since the live processes started, when
+// that is shorter), so it reflects the current pace of every process
+// working on the run.
 func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	c, err := s.Counts(ctx, run.ID)
 	if err != nil {
@@ -58,7 +113,8 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		RunID: run.ID, State: run.State, PlannedAt: run.PlannedAt, StartedAt: run.StartedAt, FinishedAt: run.FinishedAt,
 		SlicesTotal: c.Total, SlicesDone: c.Done, SlicesFailed: c.Failed, SlicesPending: c.Pending, SlicesRunning: c.Running,
 		RowsTotal: run.RowsTotal, RowsDone: c.RowsDone, WatermarkTarget: run.WatermarkTarget, LastError: run.LastError,
-		FailedSlices: []FailedSlice{}, Owners: []string{},
+		FailedSlices: []FailedSlice{}, Owners: []string{}, Failures: []FailureGroup{}, Processes: []Process{},
+		StampedAt: run.StampedAt,
 	}
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
@@ -66,7 +122,19 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if run.State == StateSuperseded {
 		st.State, st.Superseded = StateInterrupted, true
 	}
-	if run.State == StateRunning {
+	ctl, err := s.Control(ctx, run.ID)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	st.Paused, st.PausedBy, st.PausedAt, st.ControlVersion, st.Limits = ctl.Paused, ctl.PausedBy, ctl.PausedAt, ctl.Version, ctl.Limits
+	if st.Processes, err = s.Processes(ctx, run.ID); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	live := len(st.Processes) > 0
+	if run.State == StateInterrupted && live {
+		st.State = StateRunning // a process left while others work on
+	}
+	if run.State == StateRunning && !live {
 		// A process that was killed could not say so. Every process that
 		// works on one of this schema's runs holds the schema's membership
 		// lock; if none does, nobody is working and the run is interrupted.
@@ -79,36 +147,135 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		if len(members) == 0 {
 			st.State = StateInterrupted
 		}
+		live = len(members) > 0
 	}
-	var recent int64
-	err = s.db.QueryRow(ctx, s.q(`
-		SELECT coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'`), run.ID).Scan(&recent)
-	if err != nil {
+	if st.State == StateRunning && ctl.Paused {
+		st.State = StatePaused
+	}
+	for _, p := range st.Processes {
+		if p.Reason != nil && *p.Reason != "" {
+			st.ThrottleReason = p.Reason
+			break
+		}
+	}
+	if st.ThrottleReason == nil && st.State == StatePaused {
+		reason := "paused"
+		if ctl.PausedBy != nil {
+			reason += " by " + *ctl.PausedBy
+		}
+		st.ThrottleReason = &reason
+	}
+
+	if err := s.pace(ctx, run, st, c); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	st.RowsPerSecond = float64(recent) / 60
-	if left := run.RowsTotal - c.RowsDone; st.RowsPerSecond > 0 && c.Unfinished() > 0 {
-		eta := float64(left) / st.RowsPerSecond
-		st.ETASeconds = &eta
-	}
-	rows, err := s.db.Query(ctx, s.q(`SELECT DISTINCT owner FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND state = 'running' ORDER BY 1`), run.ID)
+	rows, err := s.db.Query(ctx, s.q(`SELECT DISTINCT owner FROM _SCHEMA_.slice s
+		WHERE run_id = $1 AND state = 'running' AND `+s.lock.HeldBy("s.owner_pid")+` ORDER BY 1`), run.ID)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	if st.Owners, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	rows, err = s.db.Query(ctx, s.q(`
-		SELECT id, workspace_id::text, from_ts, to_ts, attempts, coalesce(error, '')
-		FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'failed' ORDER BY id LIMIT 1000`), run.ID)
-	if err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+	if c.Failed == 0 {
+		return st, nil
 	}
-	st.FailedSlices, err = pgx.CollectRows(rows, pgx.RowToStructByPos[FailedSlice])
-	if err != nil {
+	if err := s.failures(ctx, run.ID, st); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	return st, nil
+}
+
+// pace fills in the rate and the ETA. Both are left out for a run that no
+// live process works on, or that is paused: it is not moving.
+func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error {
+	window := time.Minute
+	var since *time.Time
+	for _, p := range st.Processes {
+		if since == nil || p.StartedAt.Before(*since) {
+			since = &p.StartedAt
+		}
+	}
+	var now time.Time
+	var recent int64
+	err := s.db.QueryRow(ctx, s.q(`
+		SELECT now(), coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice
+		WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'
+		  AND ($2::timestamptz IS NULL OR finished_at >= $2)`), run.ID, since).Scan(&now, &recent)
+	if err != nil {
+		return err
+	}
+	if since != nil {
+		// The first seconds of a process's work are not a minute: divide by
+		// the time it has actually worked (at least a second, so a single
+		// early slice does not read as a torrent).
+		window = min(window, max(now.Sub(*since), time.Second))
+	}
+	st.RateWindowSeconds = window.Seconds()
+	st.RowsPerSecond = float64(recent) / window.Seconds()
+	if st.State != StateRunning || c.Unfinished() == 0 {
+		return nil
+	}
+	var eta float64
+	if st.RowsPerSecond > 0 {
+		eta = float64(max(run.RowsTotal-c.RowsDone, 0)) / st.RowsPerSecond
+	}
+	// A rate limit bounds the pace whatever the rows: every unfinished
+	// slice needs a token of some process's limiter.
+	var slicesPerSecond float64
+	limited := len(st.Processes) > 0
+	for _, p := range st.Processes {
+		if p.Rate <= 0 {
+			limited = false
+			break
+		}
+		slicesPerSecond += p.Rate
+	}
+	if limited && slicesPerSecond > 0 {
+		eta = max(eta, float64(c.Unfinished())/slicesPerSecond)
+	}
+	if eta > 0 && !math.IsInf(eta, 0) {
+		st.ETASeconds = &eta
+	}
+	return nil
+}
+
+// failures groups the failed slices by cause and lists the first of them.
+func (s *Store) failures(ctx context.Context, runID int64, st *Status) error {
+	rows, err := s.db.Query(ctx, s.q(`
+		WITH f AS (
+			SELECT id, workspace_id::text AS ws, from_ts, to_ts, attempts, coalesce(error, '') AS error, `+causeSQL+` AS cause
+			FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'failed'
+		)
+		SELECT DISTINCT ON (cause) cause, count(*) OVER (PARTITION BY cause), id, ws, from_ts, to_ts, attempts, error
+		FROM f ORDER BY cause, id`), runID)
+	if err != nil {
+		return err
+	}
+	groups, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (FailureGroup, error) {
+		var g FailureGroup
+		e := &g.Example
+		err := row.Scan(&g.Error, &g.Slices, &e.ID, &e.Workspace, &e.From, &e.To, &e.Attempts, &e.Error)
+		return g, err
+	})
+	if err != nil {
+		return err
+	}
+	sort.SliceStable(groups, func(i, j int) bool { return groups[i].Slices > groups[j].Slices })
+	if len(groups) > MaxFailureGroups {
+		st.FailureGroupsOmitted = int64(len(groups) - MaxFailureGroups)
+		groups = groups[:MaxFailureGroups]
+	}
+	st.Failures = groups
+	rows, err = s.db.Query(ctx, s.q(`
+		SELECT id, workspace_id::text, from_ts, to_ts, attempts, coalesce(error, '')
+		FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'failed' ORDER BY id LIMIT $2`), runID, MaxFailedSlices)
+	if err != nil {
+		return err
+	}
+	if st.FailedSlices, err = pgx.CollectRows(rows, pgx.RowToStructByPos[FailedSlice]); err != nil {
+		return err
+	}
+	st.FailedSlicesOmitted = max(st.SlicesFailed-int64(len(st.FailedSlices)), 0)
+	return nil
 }

@@ -19,26 +19,28 @@ const (
 	DefaultMaxAttempts  = 5
 	DefaultBackoff      = 200 * time.Millisecond
 	DefaultLease        = 60 * time.Second
+	// DefaultMaxConcurrency is the least MaxConcurrency defaults to.
+	DefaultMaxConcurrency = 32
 )
 
 // Bounds of the [Config] fields: [Config.Validate] refuses a value outside
 // them. They are far beyond any useful setting, but keep every value inside
-// what the arithmetic and the database can take (a pool of MaxConcurrency+3
-// connections fits an int32; MaxMonthsBack months back stay a valid
+// what the arithmetic and the database can take (a pool of CeilingConcurrency+3
+// connections fits an int32; CeilingMonthsBack months back stay a valid
 // timestamp; a timeout stays a PostgreSQL integer of milliseconds).
 const (
-	MaxConcurrency  = 1024
-	MaxRate         = 1e6
-	MaxBurst        = 1_000_000
-	MaxMonthsBack   = 1200 // a hundred years
-	MaxSliceRowsMax = 10_000_000_000
-	MaxBatchRows    = 10_000_000_000
-	MaxBatchSlices  = 1_000_000
-	MaxAttemptsMax  = 1000
-	MaxBackoff      = time.Hour
-	MaxLease        = 24 * time.Hour
-	MaxTimeout      = 24 * time.Hour // StatementTimeout, LockTimeout
-	MaxSleepBetween = time.Hour      // SleepBetweenSlices
+	CeilingConcurrency  = 1024
+	CeilingRate         = 1e6
+	CeilingBurst        = 1_000_000
+	CeilingMonthsBack   = 1200 // a hundred years
+	CeilingSliceRows    = 10_000_000_000
+	CeilingBatchRows    = 10_000_000_000
+	CeilingBatchSlices  = 1_000_000
+	CeilingAttempts     = 1000
+	CeilingBackoff      = time.Hour
+	CeilingLease        = 24 * time.Hour
+	CeilingTimeout      = 24 * time.Hour // StatementTimeout, LockTimeout
+	CeilingSleepBetween = time.Hour      // SleepBetweenSlices
 )
 
 // Config tunes a run. The zero value of every field means its default.
@@ -46,21 +48,28 @@ type Config struct {
 	// Concurrency is the number of workers in this process, each running
 	// one batch of slices (one window's slices, see BatchSlices) at a time:
 	// the slices in flight when batches hold one slice. Default
-	// DefaultConcurrency; at most MaxConcurrency.
+	// DefaultConcurrency; at most CeilingConcurrency.
 	Concurrency int
+	// MaxConcurrency is the most workers this process runs when the run's
+	// control record (shardfill set --concurrency) raises Concurrency: the
+	// pool starts this many workers and a gate lets Concurrency of them
+	// claim, so the caller must size its connection pool for it (the CLI
+	// allows MaxConcurrency+3 connections, opened only when used). 0 means
+	// the default, max(Concurrency, DefaultMaxConcurrency).
+	MaxConcurrency int
 	// Rate limits slices started per second across this process; 0 means
-	// no limit. Default 0; finite, at most MaxRate. With a rate, a batch
+	// no limit. Default 0; finite, at most CeilingRate. With a rate, a batch
 	// holds at most Burst slices.
 	Rate float64
 	// Burst is the rate limiter's bucket size: how many slices may start at
-	// once. Default DefaultBurst; at most MaxBurst.
+	// once. Default DefaultBurst; at most CeilingBurst.
 	Burst int
 	// SleepBetweenSlices pauses each worker after each slice. Default 0;
-	// at most MaxSleepBetween.
+	// at most CeilingSleepBetween.
 	SleepBetweenSlices time.Duration
 	// MonthsBack restricts a new run to the last N UTC calendar months
 	// (the current one included); 0 means all history. Default 0; at most
-	// MaxMonthsBack.
+	// CeilingMonthsBack.
 	MonthsBack int
 	// MonthsBackGiven says MonthsBack was chosen by the operator even
 	// where it is 0 (a CLI sets it when the flag is on the command line):
@@ -85,29 +94,29 @@ type Config struct {
 	// MaxSliceRows cuts a month whose raw rows (all workspaces) exceed it
 	// into whole-day windows of about that many rows when a run is planned;
 	// a slice is one workspace's rows in one window. Default
-	// DefaultMaxSliceRows; at most MaxSliceRowsMax.
+	// DefaultMaxSliceRows; at most CeilingSliceRows.
 	MaxSliceRows int64
 	// BatchRows lets slices of one window share a transaction and one
 	// sweep through the window while their estimated rows stay within it;
 	// each slice is still checkpointed on its own. Keep it above
 	// MaxSliceRows so a window is claimed whole. Default DefaultBatchRows;
-	// at most MaxBatchRows.
+	// at most CeilingBatchRows.
 	BatchRows int64
 	// BatchSlices caps the slices in one batch; 1 disables batching.
-	// Default DefaultBatchSlices; at most MaxBatchSlices.
+	// Default DefaultBatchSlices; at most CeilingBatchSlices.
 	BatchSlices int
 	// MaxAttempts bounds the tries of a slice on transient errors.
-	// Default DefaultMaxAttempts; at most MaxAttemptsMax.
+	// Default DefaultMaxAttempts; at most CeilingAttempts.
 	MaxAttempts int
 	// Backoff is the first retry delay; it doubles per attempt, with
 	// jitter, up to 30 times its value. Default DefaultBackoff; at most
-	// MaxBackoff.
+	// CeilingBackoff.
 	Backoff time.Duration
 	// Lease is how long a claim stays valid without renewal. Default
-	// DefaultLease; from 1s to MaxLease.
+	// DefaultLease; from 1s to CeilingLease.
 	Lease time.Duration
 	// StatementTimeout and LockTimeout apply to each slice's transaction
-	// only; 0 leaves the server's setting. Default 0; at most MaxTimeout.
+	// only; 0 leaves the server's setting. Default 0; at most CeilingTimeout.
 	// A fraction of a millisecond is rounded up to the next millisecond,
 	// never down to 0 (which would mean no timeout).
 	StatementTimeout time.Duration
@@ -137,6 +146,7 @@ func DefaultConfig() Config {
 func (c Config) WithDefaults() Config {
 	d := DefaultConfig()
 	setZero(&c.Concurrency, d.Concurrency)
+	setZero(&c.MaxConcurrency, max(c.Concurrency, DefaultMaxConcurrency))
 	setZero(&c.Burst, d.Burst)
 	setZero(&c.MaxSliceRows, d.MaxSliceRows)
 	setZero(&c.BatchRows, d.BatchRows)
@@ -177,32 +187,34 @@ func (c Config) Validate() error {
 		return &ConfigError{Msg: fmt.Sprintf("{%s} %s, got %v", field, rule, got)}
 	}
 	switch {
-	case c.Concurrency < 1 || c.Concurrency > MaxConcurrency:
-		return bad("Concurrency", fmt.Sprintf("must be from 1 to %d", MaxConcurrency), c.Concurrency)
-	case !(c.Rate >= 0 && c.Rate <= MaxRate): // NaN fails both comparisons
-		return bad("Rate", fmt.Sprintf("must be 0 (no limit) or a positive number of at most %g", float64(MaxRate)), c.Rate)
-	case c.Burst < 1 || c.Burst > MaxBurst:
-		return bad("Burst", fmt.Sprintf("must be from 1 to %d", MaxBurst), c.Burst)
-	case c.MonthsBack < 0 || c.MonthsBack > MaxMonthsBack:
-		return bad("MonthsBack", fmt.Sprintf("must be from 0 (all history) to %d", MaxMonthsBack), c.MonthsBack)
-	case c.SleepBetweenSlices < 0 || c.SleepBetweenSlices > MaxSleepBetween:
-		return bad("SleepBetweenSlices", "must be from 0 to "+MaxSleepBetween.String(), c.SleepBetweenSlices)
-	case c.MaxSliceRows < 1 || c.MaxSliceRows > MaxSliceRowsMax:
-		return bad("MaxSliceRows", fmt.Sprintf("must be from 1 to %d", int64(MaxSliceRowsMax)), c.MaxSliceRows)
-	case c.BatchRows < 1 || c.BatchRows > MaxBatchRows:
-		return bad("BatchRows", fmt.Sprintf("must be from 1 to %d", int64(MaxBatchRows)), c.BatchRows)
-	case c.BatchSlices < 1 || c.BatchSlices > MaxBatchSlices:
-		return bad("BatchSlices", fmt.Sprintf("must be from 1 to %d", MaxBatchSlices), c.BatchSlices)
-	case c.MaxAttempts < 1 || c.MaxAttempts > MaxAttemptsMax:
-		return bad("MaxAttempts", fmt.Sprintf("must be from 1 to %d", MaxAttemptsMax), c.MaxAttempts)
-	case c.Backoff < 0 || c.Backoff > MaxBackoff:
-		return bad("Backoff", "must be from 0 to "+MaxBackoff.String(), c.Backoff)
-	case c.Lease < time.Second || c.Lease > MaxLease:
-		return bad("Lease", "must be from 1s to "+MaxLease.String(), c.Lease)
-	case c.StatementTimeout < 0 || c.StatementTimeout > MaxTimeout:
-		return bad("StatementTimeout", "must be from 0 (server default) to "+MaxTimeout.String(), c.StatementTimeout)
-	case c.LockTimeout < 0 || c.LockTimeout > MaxTimeout:
-		return bad("LockTimeout", "must be from 0 (server default) to "+MaxTimeout.String(), c.LockTimeout)
+	case c.Concurrency < 1 || c.Concurrency > CeilingConcurrency:
+		return bad("Concurrency", fmt.Sprintf("must be from 1 to %d", CeilingConcurrency), c.Concurrency)
+	case c.MaxConcurrency != 0 && (c.MaxConcurrency < c.Concurrency || c.MaxConcurrency > CeilingConcurrency):
+		return bad("MaxConcurrency", fmt.Sprintf("must be 0 (default) or from {Concurrency} (%d) to %d", c.Concurrency, CeilingConcurrency), c.MaxConcurrency)
+	case !(c.Rate >= 0 && c.Rate <= CeilingRate): // NaN fails both comparisons
+		return bad("Rate", fmt.Sprintf("must be 0 (no limit) or a positive number of at most %g", float64(CeilingRate)), c.Rate)
+	case c.Burst < 1 || c.Burst > CeilingBurst:
+		return bad("Burst", fmt.Sprintf("must be from 1 to %d", CeilingBurst), c.Burst)
+	case c.MonthsBack < 0 || c.MonthsBack > CeilingMonthsBack:
+		return bad("MonthsBack", fmt.Sprintf("must be from 0 (all history) to %d", CeilingMonthsBack), c.MonthsBack)
+	case c.SleepBetweenSlices < 0 || c.SleepBetweenSlices > CeilingSleepBetween:
+		return bad("SleepBetweenSlices", "must be from 0 to "+CeilingSleepBetween.String(), c.SleepBetweenSlices)
+	case c.MaxSliceRows < 1 || c.MaxSliceRows > CeilingSliceRows:
+		return bad("MaxSliceRows", fmt.Sprintf("must be from 1 to %d", int64(CeilingSliceRows)), c.MaxSliceRows)
+	case c.BatchRows < 1 || c.BatchRows > CeilingBatchRows:
+		return bad("BatchRows", fmt.Sprintf("must be from 1 to %d", int64(CeilingBatchRows)), c.BatchRows)
+	case c.BatchSlices < 1 || c.BatchSlices > CeilingBatchSlices:
+		return bad("BatchSlices", fmt.Sprintf("must be from 1 to %d", CeilingBatchSlices), c.BatchSlices)
+	case c.MaxAttempts < 1 || c.MaxAttempts > CeilingAttempts:
+		return bad("MaxAttempts", fmt.Sprintf("must be from 1 to %d", CeilingAttempts), c.MaxAttempts)
+	case c.Backoff < 0 || c.Backoff > CeilingBackoff:
+		return bad("Backoff", "must be from 0 to "+CeilingBackoff.String(), c.Backoff)
+	case c.Lease < time.Second || c.Lease > CeilingLease:
+		return bad("Lease", "must be from 1s to "+CeilingLease.String(), c.Lease)
+	case c.StatementTimeout < 0 || c.StatementTimeout > CeilingTimeout:
+		return bad("StatementTimeout", "must be from 0 (server default) to "+CeilingTimeout.String(), c.StatementTimeout)
+	case c.LockTimeout < 0 || c.LockTimeout > CeilingTimeout:
+		return bad("LockTimeout", "must be from 0 (server default) to "+CeilingTimeout.String(), c.LockTimeout)
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:

@@ -45,22 +45,28 @@ type Job interface {
 type EventKind int
 
 const (
-	SliceDone   EventKind = iota // committed with its done mark
-	SliceRetry                   // transient error, will be tried again
-	SliceFailed                  // permanent error stored with the slice
-	SliceLost                    // claim taken over by another worker
-	RunStarted                   // the run was planned or resumed (Run, Counts)
+	SliceDone      EventKind = iota // committed with its done mark
+	SliceRetry                      // transient error, will be tried again
+	SliceFailed                     // permanent error stored with the slice
+	SliceLost                       // claim taken over by another worker
+	RunStarted                      // the run was planned or resumed (Run, Counts)
+	ControlApplied                  // this process applied the run's control record (Applied)
 )
 
 // Event reports one slice's progress to the caller (progress bars, metrics).
 type Event struct {
-	Kind     EventKind
-	Slice    shard.Slice
-	Rows     int64 // rollup rows written (SliceDone)
-	Duration time.Duration
-	Err      error
-	Run      *checkpoint.Run   // RunStarted
-	Counts   checkpoint.Counts // RunStarted: slices by state when this process joined
+	Kind  EventKind
+	Slice shard.Slice
+	Rows  int64 // rollup rows written (SliceDone; on the first slice of its batch)
+	// BatchSlices is the size of the slice's batch, on the first SliceDone
+	// event of a batch only (0 on the others): Duration is then the
+	// batch's.
+	BatchSlices int
+	Duration    time.Duration
+	Err         error
+	Run         *checkpoint.Run   // RunStarted
+	Counts      checkpoint.Counts // RunStarted: slices by state when this process joined
+	Applied     *Applied          // ControlApplied: the limits and holds now in force
 }
 
 // Engine runs backfills against one database.
@@ -182,7 +188,14 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return res, err
 	}
 
-	if err := e.workUntilDone(ctx, lock, run.ID, res); err != nil {
+	// The control record is read before any worker starts, so a paused
+	// run claims nothing when joined.
+	ctl := e.newController(run.ID, lock)
+	defer ctl.exit(ctx)
+	if err := ctl.poll(ctx); err != nil {
+		return res, interrupted(ctx, err)
+	}
+	if err := e.workUntilDone(ctx, lock, ctl, res); err != nil {
 		e.handBack(ctx, run.ID, err)
 		return res, interrupted(ctx, err)
 	}
@@ -247,9 +260,10 @@ func (e *Engine) join(ctx context.Context, lock *cronLock) error {
 // Anything still claimed by it once every worker is done was stranded (its
 // batch was partly taken over mid-way): it is handed back and worked again,
 // so the run cannot end unfinished.
-func (e *Engine) workUntilDone(ctx context.Context, lock *cronLock, runID int64, res *Result) error {
+func (e *Engine) workUntilDone(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
+	runID := ctl.runID
 	for {
-		if err := e.work(ctx, lock, runID, res); err != nil {
+		if err := e.work(ctx, lock, ctl, res); err != nil {
 			return err
 		}
 		stranded, err := e.store.Release(ctx, runID, e.cfg.Owner)

@@ -18,7 +18,9 @@ import (
 )
 
 // work runs the worker pool until no slice of the run is left for it.
-func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Result) error {
+// MaxConcurrency workers are started; ctl's gate lets as many claim at
+// once as the limits in effect allow, and none while the run is paused.
+func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	watching := make(chan struct{})
 	go func() {
@@ -32,23 +34,23 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, runID int64, res *Res
 		<-watching
 	}()
 
-	limit := rate.Inf
-	if e.cfg.Rate > 0 {
-		limit = rate.Limit(e.cfg.Rate)
-	}
 	w := &workers{
 		e:        e,
 		lock:     lock,
-		runID:    runID,
-		limiter:  rate.NewLimiter(limit, e.cfg.Burst),
+		runID:    ctl.runID,
+		ctl:      ctl,
+		limiter:  ctl.limiter,
 		claimant: checkpoint.Claimant{Owner: e.cfg.Owner, PID: lock.pid},
-		limits:   checkpoint.BatchLimits{Rows: e.cfg.BatchRows, Slices: e.cfg.batchSlices()},
 		done:     make(chan struct{}),
+		stop:     make(chan struct{}),
+		failures: newFailureLog(e.cfg.Logger),
 	}
+	defer w.failures.flush()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.renew(gctx) })
+	g.Go(func() error { return ctl.run(gctx, w.done) })
 	var pool sync.WaitGroup
-	for range e.cfg.Concurrency {
+	for range e.cfg.MaxConcurrency {
 		pool.Add(1)
 		g.Go(func() error {
 			defer pool.Done()
@@ -75,12 +77,15 @@ type workers struct {
 	e        *Engine
 	lock     *cronLock
 	runID    int64
+	ctl      *controller // the gate, the limits in effect
 	limiter  *rate.Limiter
 	claimant checkpoint.Claimant
-	limits   checkpoint.BatchLimits
 	executed atomic.Int64
 	rows     atomic.Int64
 	done     chan struct{} // closed when every worker has returned
+	stop     chan struct{} // closed when a worker found no work left: workers waiting at the gate return
+	stopOnce sync.Once
+	failures *failureLog
 }
 
 // pollInterval is how often an idle worker looks again while slices are
@@ -90,49 +95,65 @@ const pollInterval = time.Second
 func (w *workers) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed claims
 	for {
-		// --rate counts slices, not batches. The first slice's token is
-		// taken before the claim, so a throttled worker holds no claim
-		// while the bucket is empty; the batch's other slices take theirs
-		// before it starts (with a rate, a batch holds at most --burst
-		// slices, so the bucket can always cover it).
-		if err := w.take(ctx, 1); err != nil {
-			return err
-		}
-		batch, err := w.claim(ctx)
-		if err != nil && retryable(err) && ctx.Err() == nil && failures+1 < w.e.cfg.MaxAttempts {
-			failures++
-			w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", failures, "err", err)
-			if err := sleep(ctx, backoff(w.e.cfg.Backoff, failures)); err != nil {
-				return err
-			}
-			continue
+		// The gate admits a worker to one claim and its batch: at most
+		// the concurrency in effect, none while the run is paused.
+		leave, err := w.ctl.gate.Enter(ctx, w.stop)
+		if errors.Is(err, ErrGateStopped) {
+			return nil
 		}
 		if err != nil {
 			return err
 		}
-		failures = 0
-		if batch == nil {
-			more, err := w.workElsewhere(ctx)
-			if err != nil || !more {
-				return err
+		more, err := w.turn(ctx, &failures)
+		leave()
+		if err != nil || !more {
+			if err == nil {
+				w.stopOnce.Do(func() { close(w.stop) })
 			}
-			if err := sleep(ctx, pollInterval); err != nil {
-				return err
-			}
-			continue
-		}
-		// A cancel while waiting hands the claimed batch back with the rest.
-		if err := w.take(ctx, len(batch.Slices)-1); err != nil {
 			return err
 		}
-		err = w.batch(ctx, *batch)
-		if err != nil {
-			return err
-		}
-		if err := sleep(ctx, w.e.cfg.SleepBetweenSlices); err != nil {
+		if err := sleep(ctx, w.ctl.sleepBetween()); err != nil {
 			return err
 		}
 	}
+}
+
+// turn is one pass of a worker through the gate: a claim and its batch,
+// or a look for work elsewhere. It reports whether the worker goes on.
+func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
+	// --rate counts slices, not batches. The first slice's token is
+	// taken before the claim, so a throttled worker holds no claim
+	// while the bucket is empty; the batch's other slices take theirs
+	// before it starts (with a rate, a batch holds at most --burst
+	// slices, so the bucket can always cover it).
+	if err := w.take(ctx, 1); err != nil {
+		return false, err
+	}
+	if w.ctl.gate.Held() {
+		return true, nil // paused (or held) while waiting for the token
+	}
+	batch, err := w.claim(ctx)
+	if err != nil && retryable(err) && ctx.Err() == nil && *failures+1 < w.e.cfg.MaxAttempts {
+		*failures++
+		w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", *failures, "err", err)
+		return true, sleep(ctx, backoff(w.e.cfg.Backoff, *failures))
+	}
+	if err != nil {
+		return false, err
+	}
+	*failures = 0
+	if batch == nil {
+		more, err := w.workElsewhere(ctx)
+		if err != nil || !more {
+			return false, err
+		}
+		return true, sleep(ctx, pollInterval)
+	}
+	// A cancel while waiting hands the claimed batch back with the rest.
+	if err := w.take(ctx, len(batch.Slices)-1); err != nil {
+		return false, err
+	}
+	return true, w.batch(ctx, *batch)
 }
 
 // take waits for n tokens of the rate limiter. The limiter refuses at once
@@ -141,6 +162,9 @@ func (w *workers) loop(ctx context.Context) error {
 func (w *workers) take(ctx context.Context, n int) error {
 	if n <= 0 {
 		return nil
+	}
+	if b := w.limiter.Burst(); w.limiter.Limit() != rate.Inf && n > b {
+		n = b // the burst was lowered after the claim: the bucket holds no more
 	}
 	err := w.limiter.WaitN(ctx, n)
 	if _, hasDeadline := ctx.Deadline(); err != nil && ctx.Err() == nil && hasDeadline {
@@ -158,7 +182,7 @@ func (w *workers) take(ctx context.Context, n int) error {
 func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
-	batch, err := w.e.store.Claim(cctx, w.runID, w.claimant, w.limits, w.e.cfg.Lease)
+	batch, err := w.e.store.Claim(cctx, w.runID, w.claimant, w.ctl.batchLimits(), w.e.cfg.Lease)
 	if err == nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -186,8 +210,12 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 		case err == nil:
 			w.executed.Add(int64(len(batch.Slices)))
 			w.rows.Add(rows)
-			for _, sl := range batch.Slices {
-				w.emit(Event{Kind: SliceDone, Slice: sl, Duration: took, Rows: rows})
+			for i, sl := range batch.Slices {
+				ev := Event{Kind: SliceDone, Slice: sl, Duration: took, Rows: rows}
+				if i == 0 {
+					ev.BatchSlices = len(batch.Slices) // the batch is reported once
+				}
+				w.emit(ev)
 				rows = 0 // the batch's rows are reported once
 			}
 			return nil
@@ -228,8 +256,8 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 			return nil
 		default:
 			sl := batch.Slices[0]
+			w.failures.add(sl, attempt, err) // one ERROR line per cause, then counts
 			err = fmt.Errorf("%s: %w", sl, err)
-			cfg.Logger.Error("slice failed", "slice", sl.String(), "attempt", attempt, "err", err)
 			w.emit(Event{Kind: SliceFailed, Slice: sl, Duration: took, Err: err})
 			if ferr := w.e.store.Fail(ctx, sl, cfg.Owner, err); ferr != nil {
 				return fmt.Errorf("record failure of %s: %w", sl, ferr)

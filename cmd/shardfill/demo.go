@@ -37,7 +37,7 @@ is touched.`,
 			for _, n := range []struct {
 				flag     string
 				got, max int
-			}{{"--workspaces", gen.Workspaces, 1_000_000}, {"--months", gen.Months, engine.MaxMonthsBack}, {"--rows", gen.Rows, 1_000_000_000}} {
+			}{{"--workspaces", gen.Workspaces, 1_000_000}, {"--months", gen.Months, engine.CeilingMonthsBack}, {"--rows", gen.Rows, 1_000_000_000}} {
 				if n.got < 1 || n.got > n.max {
 					return usageError{fmt.Errorf("%s must be from 1 to %d, got %d", n.flag, n.max, n.got)}
 				}
@@ -156,8 +156,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := newProgress(g.errOut, true)
-	p.every = time.Second
+	p := newProgress(g.errOut, g.log, true, time.Second, nil)
 	cfg.OnEvent = func(ev engine.Event) {
 		p.event(ev)
 		if stopAt > 0 && p.fraction() >= stopAt {
@@ -169,7 +168,7 @@ func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64)
 		return err
 	}
 	defer pool.Close()
-	stop := p.start(ctx)
+	stop := p.start(ctx, checkpoint.New(pool, g.schema, job.CronLockKey))
 	res, err := e.Run(ctx)
 	stop()
 	if res != nil && !res.NothingToDo {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -40,10 +41,17 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCmd(out, errOut)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	if err != nil {
+	if err == nil {
+		return 0
+	}
+	code := exitCode(err)
+	if f := root.PersistentFlags().Lookup("log-format"); f != nil && f.Value.String() == "json" {
+		// Every line on stderr is JSON in JSON mode, the last one too.
+		slog.New(slog.NewJSONHandler(errOut, nil)).Error("shardfill: "+describe(err), "exit_code", code)
+	} else {
 		fmt.Fprintln(errOut, "shardfill:", describe(err))
 	}
-	return exitCode(err)
+	return code
 }
 
 // describe phrases an error for the command line: the engine names its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -11,20 +12,36 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/metrics"
 )
 
-// progress renders a run's progress, weighted by raw rows (a slice of a big
-// workspace counts for more than a slice of a tiny one): a live bar on a
-// terminal, a line every few seconds otherwise.
+// DefaultProgressInterval is how often run logs a progress record.
+const DefaultProgressInterval = 10 * time.Second
+
+// warmup is how long this process works before it quotes a pace of its
+// own: the first batches say little about the rest.
+const warmup = 3 * time.Second
+
+// progress reports a run's progress, weighted by raw rows (a slice of a big
+// workspace counts for more than a slice of a tiny one): a structured
+// progress record every interval through the logger (a JSON object with
+// --log-format json), run-wide figures read from the checkpoint tables so
+// that every process of the run counts; and a live bar on a terminal
+// unless turned off. The pace of this process counts only the rows it did
+// itself since it started working: rows done before it joined are not its.
 type progress struct {
-	w       io.Writer
-	enabled bool
-	every   time.Duration // between progress lines when no bar is drawn
+	w        io.Writer
+	log      *slog.Logger
+	bar      bool // draw a bar when w is a terminal
+	interval time.Duration
+	metrics  *metrics.Metrics // nil without --metrics-addr
 
 	mu           sync.Mutex
-	bar          *progressbar.ProgressBar
-	runID        int64
+	pb           *progressbar.ProgressBar
+	store        *checkpoint.Store
+	run          *checkpoint.Run
 	totalSlices  int64
 	totalRows    int64
 	doneSlices   int64
@@ -33,13 +50,16 @@ type progress struct {
 	retries      int64
 	rowsThisProc int64
 	began        time.Time
+	applied      *engine.Applied
+	last         *checkpoint.Status // the latest run-wide read
 }
 
-func newProgress(w io.Writer, enabled bool) *progress {
-	return &progress{w: w, enabled: enabled, every: 5 * time.Second}
+func newProgress(w io.Writer, log *slog.Logger, bar bool, interval time.Duration, m *metrics.Metrics) *progress {
+	return &progress{w: w, log: log, bar: bar, interval: interval, metrics: m}
 }
 
-// fraction is the share of the run's rows done so far.
+// fraction is the share of the run's rows done so far (by this process's
+// count).
 func (p *progress) fraction() float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -48,55 +68,74 @@ func (p *progress) fraction() float64 {
 
 // event is the engine's OnEvent hook; it runs on worker goroutines.
 func (p *progress) event(ev engine.Event) {
+	if p.metrics != nil {
+		p.metrics.Event(ev)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch ev.Kind {
 	case engine.RunStarted:
-		p.runID, p.totalSlices, p.totalRows = ev.Run.ID, ev.Counts.Total, ev.Run.RowsTotal
+		p.run, p.totalSlices, p.totalRows = ev.Run, ev.Counts.Total, ev.Run.RowsTotal
 		p.doneSlices, p.doneRows, p.began = ev.Counts.Done, ev.Counts.RowsDone, time.Now()
-		if p.enabled && isTerminal(p.w) {
-			p.bar = progressbar.NewOptions64(max(p.totalRows, 1),
+		if p.bar && isTerminal(p.w) {
+			// The bar's own rate and ETA are off: it would count the rows
+			// done before this process joined as its own. The description
+			// carries ours.
+			p.pb = progressbar.NewOptions64(max(p.totalRows, 1),
 				progressbar.OptionSetWriter(p.w),
-				progressbar.OptionSetDescription(fmt.Sprintf("run %d", p.runID)),
-				progressbar.OptionSetItsString("rows"),
-				progressbar.OptionShowIts(),
+				progressbar.OptionSetDescription(fmt.Sprintf("run %d", p.run.ID)),
 				progressbar.OptionShowCount(),
-				progressbar.OptionSetPredictTime(true),
+				progressbar.OptionSetPredictTime(false),
 				progressbar.OptionThrottle(100*time.Millisecond),
 				progressbar.OptionClearOnFinish(),
 			)
-			_ = p.bar.Set64(p.doneRows)
+			_ = p.pb.Set64(p.doneRows)
 		}
 	case engine.SliceDone:
 		p.doneSlices++
 		p.doneRows += ev.Slice.EstRows
 		p.rowsThisProc += ev.Slice.EstRows
-		if p.bar != nil {
-			_ = p.bar.Add64(ev.Slice.EstRows)
+		if p.pb != nil {
+			_ = p.pb.Add64(ev.Slice.EstRows)
 		}
 	case engine.SliceFailed:
 		p.failed++
 	case engine.SliceRetry:
 		p.retries++
+	case engine.ControlApplied:
+		p.applied = ev.Applied
 	}
 }
 
-// start begins periodic progress lines when no bar is drawn; the returned
-// function stops them and clears the bar.
-func (p *progress) start(ctx context.Context) (stop func()) {
+// start reads the run-wide figures and logs progress records until the
+// returned function is called; that stops them and clears the bar. store
+// reads the checkpoint tables.
+func (p *progress) start(ctx context.Context, store *checkpoint.Store) (stop func()) {
+	p.mu.Lock()
+	p.store = store
+	p.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(p.every)
+		// Read often enough for the metrics and the bar; log every interval.
+		tick := time.NewTicker(min(p.interval, time.Second))
 		defer tick.Stop()
+		lastLog := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				p.line()
 			}
+			if time.Since(lastLog) >= p.interval {
+				lastLog = time.Now()
+				p.observe(ctx)
+				p.record()
+			} else if p.metrics != nil || p.pb != nil {
+				p.observe(ctx)
+			}
+			p.describe()
 		}
 	}()
 	return func() {
@@ -104,29 +143,128 @@ func (p *progress) start(ctx context.Context) (stop func()) {
 		<-done
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		if p.bar != nil {
-			_ = p.bar.Exit()
+		if p.pb != nil {
+			_ = p.pb.Exit()
 			fmt.Fprintln(p.w)
 		}
 	}
 }
 
-// line writes one progress line unless a bar is being drawn.
-func (p *progress) line() {
+// observe reads the run's status from the checkpoint tables.
+func (p *progress) observe(ctx context.Context) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.bar != nil || p.totalSlices == 0 || !p.enabled {
+	run, store := p.run, p.store
+	p.mu.Unlock()
+	if run == nil || store == nil {
 		return
 	}
-	rate := float64(p.rowsThisProc) / time.Since(p.began).Seconds()
-	eta := "?"
-	if rate > 0 {
-		eta = (time.Duration(float64(p.totalRows-p.doneRows)/rate) * time.Second).Round(time.Second).String()
+	st, err := store.Status(ctx, run)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Debug("progress: could not read the run's status", "err", err)
+		}
+		return
 	}
-	fmt.Fprintf(p.w, "progress run %d: %d/%d slices, %d/%d rows (%.0f%%), %.0f rows/s, %d failed, %d retries, eta %s\n",
-		p.runID, p.doneSlices, p.totalSlices, p.doneRows, p.totalRows,
-		100*float64(p.doneRows)/float64(max(p.totalRows, 1)), rate, p.failed, p.retries, eta)
+	if p.metrics != nil {
+		p.metrics.ObserveStatus(st)
+	}
+	p.mu.Lock()
+	p.last = st
+	p.mu.Unlock()
 }
+
+// figures are what a progress record and the bar say.
+type figures struct {
+	runID                            int64
+	slicesDone, slicesTotal          int64
+	rowsDone, rowsTotal              int64
+	rowsPerSecond, procRowsPerSecond float64
+	eta                              *float64
+	failed, retries                  int64
+	paused                           bool
+	throttle                         *string
+	state                            string
+}
+
+func (p *progress) figures() (figures, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.run == nil {
+		return figures{}, false
+	}
+	f := figures{runID: p.run.ID, slicesDone: p.doneSlices, slicesTotal: p.totalSlices, rowsDone: p.doneRows,
+		rowsTotal: p.totalRows, failed: p.failed, retries: p.retries, state: string(checkpoint.StateRunning)}
+	if worked := time.Since(p.began); worked >= warmup {
+		f.procRowsPerSecond = float64(p.rowsThisProc) / worked.Seconds()
+	}
+	f.rowsPerSecond = f.procRowsPerSecond
+	if a := p.applied; a != nil {
+		f.paused = a.Paused
+		if len(a.Holds) > 0 {
+			f.throttle = &a.Holds[0].Reason
+		}
+	}
+	if st := p.last; st != nil {
+		// Run-wide: every process of the run counts.
+		f.slicesDone, f.rowsDone, f.failed, f.state = st.SlicesDone, st.RowsDone, st.SlicesFailed, string(st.State)
+		f.rowsPerSecond, f.eta = st.RowsPerSecond, st.ETASeconds
+		if st.ThrottleReason != nil {
+			f.throttle = st.ThrottleReason
+		}
+	} else if f.rowsPerSecond > 0 && !f.paused {
+		eta := float64(max(f.rowsTotal-f.rowsDone, 0)) / f.rowsPerSecond
+		f.eta = &eta
+	}
+	return f, true
+}
+
+// record logs one progress record.
+func (p *progress) record() {
+	f, ok := p.figures()
+	if !ok {
+		return
+	}
+	var eta, throttle any // null when unknown / nothing holds
+	if f.eta != nil {
+		eta = round1(*f.eta)
+	}
+	if f.throttle != nil {
+		throttle = *f.throttle
+	}
+	p.log.Info("progress", "run_id", f.runID, "state", f.state,
+		"slices_done", f.slicesDone, "slices_total", f.slicesTotal,
+		"rows_done", f.rowsDone, "rows_total", f.rowsTotal,
+		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", round1(f.procRowsPerSecond),
+		"eta_seconds", eta, "failed", f.failed, "retries", f.retries,
+		"paused", f.paused, "throttle_reason", throttle)
+}
+
+// describe puts this process's pace and the run's ETA on the bar.
+func (p *progress) describe() {
+	f, ok := p.figures()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !ok || p.pb == nil {
+		return
+	}
+	d := fmt.Sprintf("run %d", f.runID)
+	switch {
+	case f.paused:
+		d += " · paused"
+	case f.throttle != nil:
+		d += " · held: " + *f.throttle
+	case f.procRowsPerSecond == 0:
+		d += " · measuring"
+	default:
+		d += fmt.Sprintf(" · %.0f rows/s", f.procRowsPerSecond)
+	}
+	if f.eta != nil && !f.paused {
+		d += " · eta " + (time.Duration(*f.eta) * time.Second).Round(time.Second).String()
+	}
+	p.pb.Describe(d)
+}
+
+func round1(x float64) float64 { return float64(int64(x*10+0.5)) / 10 }
 
 func isTerminal(w io.Writer) bool {
 	if r, ok := w.(*redactor); ok {

@@ -34,6 +34,7 @@ type globals struct {
 	databaseURL string
 	schema      string
 	logFormat   string
+	logLevel    string
 	out, errOut *redactor
 	log         *slog.Logger
 }
@@ -73,8 +74,10 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 		"target database (default $DATABASE_URL, else the libpq PG* variables, else "+redactURL(defaultDatabaseURL)+")")
 	pf.StringVar(&g.schema, "schema", "shardfill", "schema of shardfill's checkpoint tables (created on first use)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "structured logs on stderr: text or json")
+	pf.StringVar(&g.logLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 
-	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g), newVersionCmd())
+	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g), newVersionCmd(),
+		newPauseCmd(g, true), newPauseCmd(g, false), newSetCmd(g))
 	return root
 }
 
@@ -94,7 +97,11 @@ func unknownCommand(root *cobra.Command, arg string) error {
 
 // setup validates the shared flags and prepares logging.
 func (g *globals) setup() error {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return usageError{fmt.Errorf("--log-level must be debug, info, warn or error, got %q", g.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
 	switch g.logFormat {
 	case "text":
 		g.log = slog.New(slog.NewTextHandler(g.errOut, opts))
@@ -223,7 +230,9 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 
 // newEngineFor is newEngine for another job (verify wraps the hourly one).
 func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, j engine.Job) (*engine.Engine, *pgxpool.Pool, error) {
-	pool, err := g.connect(ctx, max(cfg.Concurrency, 1))
+	// Sized for the most workers `shardfill set --concurrency` may raise
+	// this process to; pgxpool opens connections only when they are used.
+	pool, err := g.connect(ctx, max(cfg.WithDefaults().MaxConcurrency, 1))
 	if err != nil {
 		return nil, nil, err
 	}

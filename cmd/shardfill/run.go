@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -9,6 +11,8 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/metrics"
 	"github.com/shardfill/shardfill/shard"
 )
 
@@ -25,6 +29,8 @@ func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
 func newRunCmd(g *globals) *cobra.Command {
 	cfg := engine.DefaultConfig()
 	var dryRun, noProgress bool
+	var metricsAddr string
+	progressInterval := DefaultProgressInterval
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Plan (or resume) the backfill and execute it",
@@ -39,16 +45,32 @@ against one database at once: they share the run.`,
 			if dryRun {
 				return printPlan(cmd, g, cfg)
 			}
+			if progressInterval <= 0 {
+				return usageError{fmt.Errorf("--progress-interval must be positive, got %s", progressInterval)}
+			}
 			ctx := cmd.Context()
-			p := newProgress(g.errOut, !noProgress)
+			var m *metrics.Metrics
+			if metricsAddr != "" {
+				m = metrics.New()
+			}
+			p := newProgress(g.errOut, g.log, !noProgress, progressInterval, m)
 			cfg.OnEvent = p.event
 			e, pool, err := g.newEngine(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
+			if m != nil {
+				sctx, stopServing := context.WithCancel(ctx)
+				defer stopServing()
+				addr, err := m.Serve(sctx, metricsAddr, g.log)
+				if err != nil {
+					return usageError{fmt.Errorf("--metrics-addr: %w", err)}
+				}
+				g.log.Info("serving metrics", "addr", addr.String(), "metrics", "http://"+addr.String()+"/metrics")
+			}
 			started := time.Now()
-			stopProgress := p.start(ctx)
+			stopProgress := p.start(ctx, checkpoint.New(pool, g.schema, job.CronLockKey))
 			res, err := e.Run(ctx)
 			stopProgress()
 			if res != nil && !res.NothingToDo {
@@ -95,7 +117,10 @@ against one database at once: they share the run.`,
 	fs.DurationVar(&cfg.StatementTimeout, "statement-timeout", cfg.StatementTimeout, "statement_timeout of each slice's transaction (0 = server default)")
 	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", cfg.LockTimeout, "lock_timeout of each slice's transaction (0 = server default)")
 	fs.BoolVar(&cfg.PlanOnly, "plan-only", false, "plan the run into the checkpoint tables and exit without executing it")
-	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress is still logged)")
+	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress records are still logged)")
+	fs.DurationVar(&progressInterval, "progress-interval", progressInterval, "how often a progress record is logged")
+	fs.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics and /healthz (port 0: a free one, logged)")
+	fs.IntVar(&cfg.MaxConcurrency, "max-concurrency", cfg.MaxConcurrency, "most workers `shardfill set --concurrency` may raise this process to; sizes the connection pool (0 = max(--concurrency, 32))")
 	addPlanFlags(fs, &cfg)
 	return cmd
 }

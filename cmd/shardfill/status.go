@@ -2,52 +2,32 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/shardfill/shardfill/checkpoint"
-	"github.com/shardfill/shardfill/job"
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, check bool
 	var runID int64
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the latest run (or --run ID) as stored in the checkpoint tables",
 		Long: `Reads the checkpoint tables only, so it works from any machine while a
-run is in progress, whichever process or host runs it.`,
+run is in progress, whichever process or host runs it. With --check it exits
+1 when the run failed or was interrupted, 0 when it is done or in progress
+(paused included).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			pool, err := g.connect(ctx, 1)
+			pool, store, run, err := openRun(ctx, g, runID, false)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			store := checkpoint.New(pool, g.schema, job.CronLockKey)
-			installed, err := store.Installed(ctx)
-			if err != nil {
-				return err
-			}
-			var run *checkpoint.Run
-			if installed && runID > 0 {
-				run, err = store.GetRun(ctx, runID)
-			} else if installed {
-				run, err = store.LatestRun(ctx)
-			}
-			if err != nil {
-				return err
-			}
-			if run == nil {
-				if runID > 0 {
-					return fmt.Errorf("no run %d in schema %s", runID, g.schema)
-				}
-				return errors.New("no run yet in schema " + g.schema + ": start one with `shardfill run`")
-			}
 			st, err := store.Status(ctx, run)
 			if err != nil {
 				return err
@@ -55,20 +35,41 @@ run is in progress, whichever process or host runs it.`,
 			if asJSON {
 				enc := json.NewEncoder(g.out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+			} else {
+				printStatus(g, st)
 			}
-			printStatus(g, st)
+			if check && (st.State == checkpoint.StateFailed || st.State == checkpoint.StateInterrupted) {
+				return fmt.Errorf("status --check: run %d is %s", st.RunID, st.State)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	cmd.Flags().BoolVar(&check, "check", false, "exit 1 when the run failed or was interrupted")
 	cmd.Flags().Int64Var(&runID, "run", 0, "show this run instead of the latest")
 	return cmd
 }
 
 func printStatus(g *globals, st *checkpoint.Status) {
 	w := g.out
-	printf(w, "run %d: %s (planned %s)\n", st.RunID, st.State, st.PlannedAt.UTC().Format(time.RFC3339))
+	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	printf(w, "run %d: %s (planned %s)\n", st.RunID, st.State, ts(st.PlannedAt))
+	if st.Paused {
+		by, at := "?", "?"
+		if st.PausedBy != nil {
+			by = *st.PausedBy
+		}
+		if st.PausedAt != nil {
+			at = ts(*st.PausedAt)
+		}
+		printf(w, "paused: by %s at %s (`shardfill unpause` lets it go on)\n", by, at)
+	}
+	if st.ThrottleReason != nil && !st.Paused {
+		printf(w, "held back: %s\n", *st.ThrottleReason)
+	}
 	printf(w, "slices: %d total, %d done, %d failed, %d pending, %d running\n",
 		st.SlicesTotal, st.SlicesDone, st.SlicesFailed, st.SlicesPending, st.SlicesRunning)
 	pct := 100.0
@@ -76,26 +77,52 @@ func printStatus(g *globals, st *checkpoint.Status) {
 		pct = 100 * float64(st.RowsDone) / float64(st.RowsTotal)
 	}
 	printf(w, "rows: %d of %d done (%.1f%%)\n", st.RowsDone, st.RowsTotal, pct)
-	if st.RowsPerSecond > 0 {
+	if st.RowsPerSecond > 0 || st.ETASeconds != nil {
 		eta := "-"
 		if st.ETASeconds != nil {
 			eta = (time.Duration(*st.ETASeconds) * time.Second).Round(time.Second).String()
 		}
-		printf(w, "rate: %.0f rows/s over the last minute, eta %s\n", st.RowsPerSecond, eta)
+		printf(w, "rate: %.0f rows/s over the last %.0fs, eta %s\n", st.RowsPerSecond, st.RateWindowSeconds, eta)
 	}
-	for _, o := range st.Owners {
-		printf(w, "working: %s\n", o)
+	for _, p := range st.Processes {
+		lim := fmt.Sprintf("concurrency %d, rate %s, burst %d, sleep %s", p.Concurrency, rateText(p.Rate), p.Burst, p.SleepBetweenSlices)
+		reason := ""
+		if p.Reason != nil {
+			reason = " (" + *p.Reason + ")"
+		}
+		printf(w, "process %s (pid %d on %s): %s%s; %s; control v%d acknowledged %s ago\n", p.Owner, p.OSPID, p.Host,
+			p.State, reason, lim, p.ControlVersion, time.Since(p.SeenAt).Round(time.Second))
+	}
+	if len(st.Processes) == 0 {
+		for _, o := range st.Owners {
+			printf(w, "working: %s\n", o)
+		}
 	}
 	if st.WatermarkAt != nil {
-		printf(w, "watermark: stamped at %s\n", st.WatermarkAt.UTC().Format(time.RFC3339))
+		stamped := "?"
+		if st.StampedAt != nil {
+			stamped = ts(*st.StampedAt)
+		}
+		printf(w, "watermark: watermark_at = %s, stamped at %s\n", ts(*st.WatermarkAt), stamped)
 	} else {
-		printf(w, "watermark: not stamped yet (will be %s)\n", st.WatermarkTarget.UTC().Format(time.RFC3339))
+		printf(w, "watermark: not stamped yet (watermark_at will be %s)\n", ts(st.WatermarkTarget))
 	}
 	if st.LastError != nil {
 		printf(w, "last error: %s\n", *st.LastError)
 	}
-	for _, f := range st.FailedSlices {
-		printf(w, "failed: slice %d workspace %s %s..%s after %d attempts: %s\n", f.ID, f.Workspace,
-			f.From.UTC().Format(time.RFC3339), f.To.UTC().Format(time.RFC3339), f.Attempts, f.Error)
+	for _, f := range st.Failures {
+		e := f.Example
+		printf(w, "failed: %d slices: %s (e.g. slice %d workspace %s %s..%s after %d attempts)\n", f.Slices, f.Error,
+			e.ID, e.Workspace, ts(e.From), ts(e.To), e.Attempts)
 	}
+	if st.FailureGroupsOmitted > 0 {
+		printf(w, "failed: %d more errors not shown (`shardfill status --json` lists failed slices one by one)\n", st.FailureGroupsOmitted)
+	}
+}
+
+func rateText(r float64) string {
+	if r <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%g/s", r)
 }

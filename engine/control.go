@@ -1,0 +1,245 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/shardfill/shardfill/checkpoint"
+)
+
+// ControlInterval is how often every process of a run reads the run's
+// control record and acknowledges it in its registry row. Polling, not
+// LISTEN/NOTIFY, so that it works through a session pooler.
+const ControlInterval = 2 * time.Second
+
+// Limits are the throttles a process runs under: its flags, overridden by
+// the run's control record (shardfill set).
+type Limits struct {
+	Rate               float64       // slices per second; 0 = no limit
+	Burst              int           // rate limiter bucket
+	Concurrency        int           // workers allowed to claim at once
+	SleepBetweenSlices time.Duration // each worker's pause after a batch
+}
+
+// Applied is what a process runs under after it applied a control record
+// (Event.Applied of a ControlApplied event).
+type Applied struct {
+	Version  int64  // control version applied
+	Limits   Limits // effective limits
+	Paused   bool   // the run is paused
+	PausedBy string // who paused it (when Paused)
+	Holds    []Hold // what holds the gate (pause, throttles); empty when nothing does
+}
+
+// gate hold keys.
+const holdPause = "pause"
+
+// controller applies a run's control record to this process: the gate
+// (pause, concurrency), the rate limiter and the sleep between batches; and
+// it acknowledges what it applied in the process registry.
+type controller struct {
+	e       *Engine
+	runID   int64
+	lockPID int
+	own     Limits // from Config: what a NULL in the control record means
+	gate    *Gate
+	limiter *rate.Limiter
+	sleep   atomic.Int64 // SleepBetweenSlices in effect, ns
+	burst   atomic.Int64 // Burst in effect
+	rated   atomic.Bool  // a rate is in effect
+	pausing atomic.Bool  // paused with batches still in flight, as last acknowledged
+
+	mu      sync.Mutex
+	applied Applied
+	polled  bool
+}
+
+func (e *Engine) newController(runID int64, lock *cronLock) *controller {
+	own := Limits{Rate: e.cfg.Rate, Burst: e.cfg.Burst, Concurrency: e.cfg.Concurrency, SleepBetweenSlices: e.cfg.SleepBetweenSlices}
+	c := &controller{e: e, runID: runID, lockPID: lock.pid, own: own, gate: NewGate(own.Concurrency),
+		limiter: rate.NewLimiter(rateLimit(own.Rate), own.Burst)}
+	c.sleep.Store(int64(own.SleepBetweenSlices))
+	c.burst.Store(int64(own.Burst))
+	c.rated.Store(own.Rate > 0)
+	c.applied.Limits = own
+	return c
+}
+
+func rateLimit(r float64) rate.Limit {
+	if r > 0 {
+		return rate.Limit(r)
+	}
+	return rate.Inf
+}
+
+// batchLimits bound one claim under the limits in effect: with a rate, a
+// batch holds at most Burst slices (see Config.batchSlices).
+func (c *controller) batchLimits() checkpoint.BatchLimits {
+	slices := c.e.cfg.BatchSlices
+	if c.rated.Load() {
+		slices = min(slices, int(c.burst.Load()))
+	}
+	return checkpoint.BatchLimits{Rows: c.e.cfg.BatchRows, Slices: slices}
+}
+
+// sleepBetween is the pause after each batch in effect.
+func (c *controller) sleepBetween() time.Duration { return time.Duration(c.sleep.Load()) }
+
+// run polls the control record every ControlInterval until ctx ends or
+// done is closed.
+func (c *controller) run(ctx context.Context, done <-chan struct{}) error {
+	for {
+		// While batches in flight finish after a pause, look more often:
+		// the registry then says "paused" as soon as the last one is done.
+		every := ControlInterval
+		if c.pausing.Load() {
+			every = ControlInterval / 8
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-done:
+			return nil
+		case <-time.After(every):
+		}
+		if err := c.poll(ctx); err != nil && ctx.Err() == nil {
+			c.e.cfg.Logger.Warn("could not read the run's control record; keeping the limits in effect", "err", err)
+		}
+	}
+}
+
+// poll reads the control record, applies it and acknowledges it.
+func (c *controller) poll(ctx context.Context) error {
+	ctl, err := c.e.store.Control(ctx, c.runID)
+	if err != nil {
+		return err
+	}
+	c.apply(ctl)
+	return c.acknowledge(ctx, checkpoint.ProcessState(""))
+}
+
+// apply puts a control record in force in this process.
+func (c *controller) apply(ctl *checkpoint.Control) {
+	log := c.e.cfg.Logger
+	lim := c.own
+	if v := ctl.Limits.Rate; v != nil {
+		lim.Rate = *v
+	}
+	if v := ctl.Limits.Burst; v != nil {
+		lim.Burst = *v
+	}
+	if v := ctl.Limits.Concurrency; v != nil {
+		lim.Concurrency = *v
+	}
+	if v := ctl.Limits.SleepBetweenSlices; v != nil {
+		lim.SleepBetweenSlices = *v
+	}
+	if max := c.e.cfg.MaxConcurrency; lim.Concurrency > max {
+		log.Warn("the run's concurrency is above this process's --max-concurrency; capped", "asked", lim.Concurrency, "max_concurrency", max)
+		lim.Concurrency = max
+	}
+	c.limiter.SetBurst(lim.Burst)
+	c.limiter.SetLimit(rateLimit(lim.Rate))
+	c.burst.Store(int64(lim.Burst))
+	c.rated.Store(lim.Rate > 0)
+	c.sleep.Store(int64(lim.SleepBetweenSlices))
+	c.gate.SetLimit(lim.Concurrency)
+	pausedBy := ""
+	if ctl.PausedBy != nil {
+		pausedBy = *ctl.PausedBy
+	}
+	if ctl.Paused {
+		reason := "paused"
+		if pausedBy != "" {
+			reason += " by " + pausedBy
+		}
+		c.gate.Hold(holdPause, reason)
+	} else {
+		c.gate.Release(holdPause)
+	}
+
+	c.mu.Lock()
+	prev, first := c.applied, !c.polled
+	c.applied = Applied{Version: ctl.Version, Limits: lim, Paused: ctl.Paused, PausedBy: pausedBy, Holds: c.gate.Holds()}
+	c.polled = true
+	now := c.applied
+	c.mu.Unlock()
+
+	switch {
+	case ctl.Paused && (first || !prev.Paused):
+		at := ""
+		if ctl.PausedAt != nil {
+			at = ctl.PausedAt.UTC().Format(time.RFC3339)
+		}
+		log.Info("run is paused: finishing the batches in flight, then waiting for `shardfill unpause`",
+			"run", c.runID, "paused_by", pausedBy, "paused_at", at)
+	case !ctl.Paused && prev.Paused:
+		log.Info("run unpaused: claiming again", "run", c.runID)
+	}
+	if !first && prev.Limits != lim {
+		log.Info("limits changed", "run", c.runID, "control_version", ctl.Version, "rate", lim.Rate, "burst", lim.Burst,
+			"concurrency", lim.Concurrency, "sleep_between_slices", lim.SleepBetweenSlices.String())
+	}
+	if first || prev.Version != now.Version || prev.Paused != now.Paused || prev.Limits != now.Limits ||
+		!slices.Equal(prev.Holds, now.Holds) {
+		if c.e.cfg.OnEvent != nil {
+			c.e.cfg.OnEvent(Event{Kind: ControlApplied, Applied: &now})
+		}
+	}
+}
+
+// acknowledge writes this process's registry row: the control version it
+// applied, the limits it runs under and its state (derived from the gate
+// unless given).
+func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessState) error {
+	c.mu.Lock()
+	a := c.applied
+	c.mu.Unlock()
+	holds := c.gate.Holds()
+	var reason *string
+	if len(holds) > 0 {
+		reasons := make([]string, len(holds))
+		for i, h := range holds {
+			reasons[i] = h.Reason
+		}
+		r := strings.Join(reasons, "; ")
+		reason = &r
+	}
+	if state == "" {
+		switch {
+		case a.Paused && c.gate.Inside() > 0:
+			state = checkpoint.ProcessPausing
+		case a.Paused:
+			state = checkpoint.ProcessPaused
+		case len(holds) > 0:
+			state = checkpoint.ProcessHeld
+		default:
+			state = checkpoint.ProcessWorking
+		}
+	}
+	c.pausing.Store(state == checkpoint.ProcessPausing)
+	host, _ := os.Hostname()
+	return c.e.store.Acknowledge(ctx, c.runID, checkpoint.Process{
+		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lockPID, ControlVersion: a.Version,
+		Rate: a.Limits.Rate, Burst: a.Limits.Burst, Concurrency: a.Limits.Concurrency,
+		SleepBetweenSlices: a.Limits.SleepBetweenSlices, State: state, Reason: reason,
+	})
+}
+
+// exit marks this process's registry row exited. It uses a context of its
+// own: ctx may be the cancelled one.
+func (c *controller) exit(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := c.acknowledge(cctx, checkpoint.ProcessExited); err != nil {
+		c.e.cfg.Logger.Debug("could not mark this process exited in the registry", "err", fmt.Sprint(err))
+	}
+}
