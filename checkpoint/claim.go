@@ -120,7 +120,7 @@ func collectClaimed(rows pgx.Rows) ([]shard.Slice, readCost, error) {
 		var readFrom *time.Time
 		var wsRows, windowRows int64
 		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom,
-			&wsRows, &windowRows)
+			&wsRows, &windowRows, &sl.WatermarkTarget)
 		if readFrom != nil {
 			sl.ReadFrom = *readFrom
 		} else {

@@ -37,8 +37,9 @@ type Job interface {
 	// Queue appends the statements that replace a batch's rollup rows to
 	// tx, the batch's transaction; *written receives the rows written.
 	Queue(tx *pgx.Batch, batch shard.Batch, written *int64)
-	// Stamp hands over to the incremental job at the watermark.
-	Stamp(ctx context.Context, tx job.Querier, at time.Time) (bool, error)
+	// Stamp hands over to the incremental job at the watermark, for a run
+	// over the history from from (nil: all of it).
+	Stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error)
 }
 
 // EventKind says what happened to a slice.
@@ -175,7 +176,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 
 	res.Outcome, err = e.store.Finish(ctx, run.ID, func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) {
-		return e.job.Stamp(ctx, tx, at)
+		return e.job.Stamp(ctx, tx, at, run.RangeFrom)
 	})
 	if err != nil {
 		return res, interrupted(ctx, err)
