@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -44,6 +45,35 @@ type Status struct {
 	WatermarkAt     *time.Time    `json:"watermark_at"` // when this run stamped; null until then
 	LastError       *string       `json:"last_error"`
 	FailedSlices    []FailedSlice `json:"failed_slices"`
+	// YieldingTo is the session the run's processes yield the cron lock
+	// to (it waits for it or holds it exclusively); null otherwise.
+	YieldingTo *LockSession `json:"yielding_to"`
+}
+
+// LockSession is a session that takes the cron lock exclusively.
+type LockSession struct {
+	PID             int    `json:"pid"`
+	ApplicationName string `json:"application_name"`
+	Granted         bool   `json:"granted"` // holds it (else waits for it)
+}
+
+// yieldingTo returns the session that holds or waits for the cron lock
+// exclusively, which the processes of a running run yield to; nil if none.
+func (s *Store) yieldingTo(ctx context.Context) (*LockSession, error) {
+	var who LockSession
+	err := s.db.QueryRow(ctx, `
+		SELECT l.pid, coalesce(a.application_name, ''), l.granted
+		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE `+s.lock.Is("l")+` AND l.mode = 'ExclusiveLock'
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY l.granted DESC, l.pid LIMIT 1`).Scan(&who.PID, &who.ApplicationName, &who.Granted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &who, nil
 }
 
 // Status reads run's progress. The rate is measured over the slices
@@ -68,17 +98,20 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	}
 	if run.State == StateRunning {
 		// A process that was killed could not say so. Every process that
-		// works on a run holds the cron lock in shared mode; if none does,
-		// nobody is working and the run is interrupted.
+		// works on a run holds the cron lock in shared mode, or waits for
+		// it while it yields; if none does, nobody is working and the run
+		// is interrupted.
 		var working bool
 		err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks l
-			WHERE `+s.lock.Is("l")+` AND l.mode = 'ShareLock' AND l.granted
+			WHERE `+s.lock.Is("l")+` AND l.mode = 'ShareLock'
 			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))`).Scan(&working)
 		if err != nil {
 			return nil, fmt.Errorf("status: %w", err)
 		}
 		if !working {
 			st.State = StateInterrupted
+		} else if st.YieldingTo, err = s.yieldingTo(ctx); err != nil {
+			return nil, fmt.Errorf("status: %w", err)
 		}
 	}
 	var recent int64

@@ -83,6 +83,13 @@ func printStatus(g *globals, st *checkpoint.Status) {
 		}
 		printf(w, "rate: %.0f rows/s over the last minute, eta %s\n", st.RowsPerSecond, eta)
 	}
+	if y := st.YieldingTo; y != nil {
+		how := "waits for"
+		if y.Granted {
+			how = "holds"
+		}
+		printf(w, "yielding: pid %d (%s) %s the cron lock; work resumes when it is done\n", y.PID, y.ApplicationName, how)
+	}
 	for _, o := range st.Owners {
 		printf(w, "working: %s\n", o)
 	}
