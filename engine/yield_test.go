@@ -307,7 +307,8 @@ func TestSessionLockPausesRun(t *testing.T) {
 
 	ctx := context.Background()
 	holder := testenv.Conn(t, url)
-	if _, err := holder.Exec(ctx, `SET application_name = 'serial-backfill'`); err != nil {
+	// Bounded, so a run that never yields fails the test rather than hangs it.
+	if _, err := holder.Exec(ctx, `SET application_name = 'serial-backfill'; SET lock_timeout = '10s'`); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
