@@ -39,12 +39,13 @@ type BatchLimits struct {
 // first) and fills up, largest first and within limits, with pending slices
 // of other workspaces in the same time window, which the job can read in
 // one sweep. When nothing is pending it takes over one slice whose owner is
-// gone: lease expired, or its lock connection no longer holds the cron lock.
+// gone: lease expired, or its lock connection neither holds the cron lock
+// nor waits for it (a process that yields the lock waits for it).
 func (s *Store) Claim(ctx context.Context, runID int64, c Claimant, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
 	pending := claimPendingSQL + claimSetSQL
 	got, cost, err := s.claim(ctx, pending, limits.Slices <= 1, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
 	if err == nil && len(got) == 0 {
-		abandoned := strings.Replace(claimAbandonedSQL, "/*owner_holds_cron_lock*/", s.lock.HeldBy("_SCHEMA_.slice.owner_pid"), 1)
+		abandoned := strings.Replace(claimAbandonedSQL, "/*owner_holds_cron_lock*/", s.lock.HeldOrAwaitedBy("_SCHEMA_.slice.owner_pid"), 1)
 		got, cost, err = s.claim(ctx, abandoned+claimSetSQL, true, runID, c, lease)
 	}
 	if err != nil || len(got) == 0 {
@@ -132,7 +133,7 @@ func collectClaimed(rows pgx.Rows) ([]shard.Slice, readCost, error) {
 		var readFrom *time.Time
 		var wsRows, windowRows int64
 		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom,
-			&wsRows, &windowRows)
+			&wsRows, &windowRows, &sl.WatermarkTarget)
 		if readFrom != nil {
 			sl.ReadFrom = *readFrom
 		} else {

@@ -1,6 +1,6 @@
 -- Picks one slice whose owner is gone: its lease ran out, or its lock
--- connection no longer holds the cron lock (the marker below becomes that
--- condition, see Store.Claim). Oldest lease first, which also keeps the
+-- connection neither holds the cron lock nor waits for it (the marker below
+-- becomes that condition, see Store.Claim). Oldest lease first, which also keeps the
 -- scan on the running-slice index. $1 run; the claimed marks follow
 -- (claim_set.sql, $2..$4).
 WITH pick AS (

@@ -162,7 +162,7 @@ func (s *Store) Processes(ctx context.Context, runID int64) ([]Process, error) {
 		SELECT owner, host, os_pid, lock_pid, started_at, seen_at, control_version, rate, burst, concurrency,
 		       sleep_between_slices_ms, state, reason
 		FROM _SCHEMA_.process p
-		WHERE run_id = $1 AND state <> 'exited' AND `+s.lock.HeldBy("p.lock_pid")+`
+		WHERE run_id = $1 AND state <> 'exited' AND `+s.lock.HeldOrAwaitedBy("p.lock_pid")+`
 		ORDER BY started_at, owner`), runID)
 	if err != nil {
 		return nil, fmt.Errorf("processes of run %d: %w", runID, err)

@@ -63,6 +63,19 @@ func (s *Store) Renew(ctx context.Context, runID int64, owner string, lease time
 	return err
 }
 
+// Repoint records pid as the lock connection of owner's running slices of
+// run: a process that yields the cron lock moves it to a new connection,
+// and its slices must not look abandoned under the old one's pid.
+func (s *Store) Repoint(ctx context.Context, runID int64, owner string, pid int) error {
+	_, err := s.db.Exec(ctx, s.q(`
+		UPDATE _SCHEMA_.slice SET owner_pid = $3
+		WHERE run_id = $1 AND owner = $2 AND state = 'running'`), runID, owner, pid)
+	if err != nil {
+		return fmt.Errorf("re-point claims to lock connection %d: %w", pid, err)
+	}
+	return nil
+}
+
 // WorkElsewhere reports whether run has slices that are neither done nor
 // failed and not held by owner: pending ones, or ones other processes are
 // working on (which may yet be abandoned to owner); ErrSuperseded when the
@@ -83,15 +96,16 @@ func (s *Store) WorkElsewhere(ctx context.Context, runID int64, owner string) (b
 
 // OthersActive reports whether a process other than owner still works on
 // run: it claims a slice, or it is registered (a paused process claims
-// nothing) and its lock connection is still alive.
+// nothing), and its lock connection is still alive (holds the cron lock,
+// or waits for it while yielding).
 func (s *Store) OthersActive(ctx context.Context, runID int64, owner string) (bool, error) {
 	var active bool
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice s
 		       WHERE s.run_id = $1 AND s.state = 'running' AND s.owner <> $2
-		         AND `+s.lock.HeldBy("s.owner_pid")+`)
+		         AND `+s.lock.HeldOrAwaitedBy("s.owner_pid")+`)
 		    OR EXISTS (SELECT 1 FROM _SCHEMA_.process p
 		       WHERE p.run_id = $1 AND p.owner <> $2 AND p.state <> 'exited'
-		         AND `+s.lock.HeldBy("p.lock_pid")+`)`), runID, owner).Scan(&active)
+		         AND `+s.lock.HeldOrAwaitedBy("p.lock_pid")+`)`), runID, owner).Scan(&active)
 	return active, err
 }

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -93,6 +94,35 @@ type Status struct {
 	// FailedSlicesOmitted says how many were left out.
 	FailedSlices        []FailedSlice `json:"failed_slices"`
 	FailedSlicesOmitted int64         `json:"failed_slices_omitted"`
+	// YieldingTo is the session the run's processes yield the cron lock
+	// to (it waits for it or holds it exclusively); null otherwise.
+	YieldingTo *LockSession `json:"yielding_to"`
+}
+
+// LockSession is a session that takes the cron lock exclusively.
+type LockSession struct {
+	PID             int    `json:"pid"`
+	ApplicationName string `json:"application_name"`
+	Granted         bool   `json:"granted"` // holds it (else waits for it)
+}
+
+// yieldingTo returns the session that holds or waits for the cron lock
+// exclusively, which the processes of a running run yield to; nil if none.
+func (s *Store) yieldingTo(ctx context.Context) (*LockSession, error) {
+	var who LockSession
+	err := s.db.QueryRow(ctx, `
+		SELECT l.pid, coalesce(a.application_name, ''), l.granted
+		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE `+s.lock.Is("l")+` AND l.mode = 'ExclusiveLock'
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY l.granted DESC, l.pid LIMIT 1`).Scan(&who.PID, &who.ApplicationName, &who.Granted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &who, nil
 }
 
 // causeSQL is a failed slice's cause: stored apart since failures are
@@ -152,6 +182,11 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if st.State == StateRunning && ctl.Paused {
 		st.State = StatePaused
 	}
+	if st.State == StateRunning {
+		if st.YieldingTo, err = s.yieldingTo(ctx); err != nil {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+	}
 	for _, p := range st.Processes {
 		if p.Reason != nil && *p.Reason != "" {
 			st.ThrottleReason = p.Reason
@@ -170,7 +205,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	rows, err := s.db.Query(ctx, s.q(`SELECT DISTINCT owner FROM _SCHEMA_.slice s
-		WHERE run_id = $1 AND state = 'running' AND `+s.lock.HeldBy("s.owner_pid")+` ORDER BY 1`), run.ID)
+		WHERE run_id = $1 AND state = 'running' AND `+s.lock.HeldOrAwaitedBy("s.owner_pid")+` ORDER BY 1`), run.ID)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}

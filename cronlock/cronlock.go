@@ -19,6 +19,14 @@ func (k Key) Is(alias string) string {
 		alias, uint32(uint64(k)>>32), uint32(k))
 }
 
+// HeldOrAwaitedBy is the SQL condition that backend pid (an SQL
+// expression) holds this lock or waits for it, in any mode: the backend of
+// a process that yields the lock (its new request queued behind the
+// session it yields to) is alive.
+func (k Key) HeldOrAwaitedBy(pid string) string {
+	return fmt.Sprintf(`EXISTS (SELECT 1 FROM pg_locks l WHERE %s AND l.pid = %s)`, k.Is("l"), pid)
+}
+
 // HeldBy is the SQL condition that backend pid (an SQL expression) holds
 // this lock, in any mode.
 func (k Key) HeldBy(pid string) string {

@@ -48,8 +48,8 @@ const holdPause = "pause"
 type controller struct {
 	e       *Engine
 	runID   int64
-	lockPID int
-	own     Limits // from Config: what a NULL in the control record means
+	lock    *cronLock // its backend is what the registry records
+	own     Limits    // from Config: what a NULL in the control record means
 	gate    *Gate
 	limiter *rate.Limiter
 	sleep   atomic.Int64 // SleepBetweenSlices in effect, ns
@@ -64,7 +64,7 @@ type controller struct {
 
 func (e *Engine) newController(runID int64, lock *cronLock) *controller {
 	own := Limits{Rate: e.cfg.Rate, Burst: e.cfg.Burst, Concurrency: e.cfg.Concurrency, SleepBetweenSlices: e.cfg.SleepBetweenSlices}
-	c := &controller{e: e, runID: runID, lockPID: lock.pid, own: own, gate: NewGate(own.Concurrency),
+	c := &controller{e: e, runID: runID, lock: lock, own: own, gate: NewGate(own.Concurrency),
 		limiter: rate.NewLimiter(rateLimit(own.Rate), own.Burst)}
 	c.sleep.Store(int64(own.SleepBetweenSlices))
 	c.burst.Store(int64(own.Burst))
@@ -228,7 +228,7 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 	c.pausing.Store(state == checkpoint.ProcessPausing)
 	host, _ := os.Hostname()
 	return c.e.store.Acknowledge(ctx, c.runID, checkpoint.Process{
-		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lockPID, ControlVersion: a.Version,
+		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lock.backend(), ControlVersion: a.Version,
 		Rate: a.Limits.Rate, Burst: a.Limits.Burst, Concurrency: a.Limits.Concurrency,
 		SleepBetweenSlices: a.Limits.SleepBetweenSlices, State: state, Reason: reason,
 	})

@@ -37,8 +37,9 @@ type Job interface {
 	// Queue appends the statements that replace a batch's rollup rows to
 	// tx, the batch's transaction; *written receives the rows written.
 	Queue(tx *pgx.Batch, batch shard.Batch, written *int64)
-	// Stamp hands over to the incremental job at the watermark.
-	Stamp(ctx context.Context, tx job.Querier, at time.Time) (bool, error)
+	// Stamp hands over to the incremental job at the watermark, for a run
+	// over the history from from (nil: all of it).
+	Stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error)
 }
 
 // EventKind says what happened to a slice.
@@ -200,7 +201,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return res, interrupted(ctx, err)
 	}
 
-	if res.Outcome, err = e.finish(ctx, lock, run.ID); err != nil {
+	if res.Outcome, err = e.finish(ctx, lock, run); err != nil {
 		return res, interrupted(ctx, err)
 	}
 	switch {
@@ -223,11 +224,14 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 // fenced by the cron lock like a slice. A session queued for the cron lock
 // exclusively (a cron tick, the application) only delays it: contention
 // never fails a run.
-func (e *Engine) finish(ctx context.Context, lock *cronLock, runID int64) (checkpoint.Outcome, error) {
-	claimant := checkpoint.Claimant{Owner: e.cfg.Owner, PID: lock.pid}
-	stamp := func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) { return e.job.Stamp(ctx, tx, at) }
+func (e *Engine) finish(ctx context.Context, lock *cronLock, run *checkpoint.Run) (checkpoint.Outcome, error) {
+	stamp := func(ctx context.Context, tx pgx.Tx, at time.Time) (bool, error) {
+		return e.job.Stamp(ctx, tx, at, run.RangeFrom)
+	}
 	for attempt := 1; ; attempt++ {
-		out, err := e.store.Finish(ctx, runID, claimant, stamp)
+		pid, leave := lock.enter()
+		out, err := e.store.Finish(ctx, run.ID, checkpoint.Claimant{Owner: e.cfg.Owner, PID: pid}, stamp)
+		leave()
 		if !errors.Is(err, checkpoint.ErrLockContended) {
 			return out, err
 		}

@@ -79,7 +79,14 @@ func retryable(err error) bool {
 			"57P01", // admin_shutdown (also pg_terminate_backend)
 			"57P02", // crash_shutdown
 			"57P03", // cannot_connect_now
-			"53300": // too_many_connections
+			"53300", // too_many_connections
+			// foreign_key_violation: a rollup with a foreign key to a
+			// workspace deleted while the slice ran (the application's
+			// delete takes the cron lock only for its own transaction).
+			// The next attempt reads the workspace's rows gone and
+			// writes nothing; a violation that persists still fails the
+			// slice once the attempts run out.
+			"23503":
 			return true
 		}
 		return strings.HasPrefix(pgErr.Code, "08") // connection_exception

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,11 +16,26 @@ import (
 // cronLock holds the cron job's advisory lock in shared mode on a connection
 // of its own. The connection never goes back to a pool: closing it is the
 // only way the lock is given up, so no exit path can leak it to a pooled
-// session that lives on.
+// session that lives on. A yield (yield.go) hands the lock over to a fresh
+// connection, which then takes the old one's place.
 type cronLock struct {
+	key int64           // the job's cron lock key
+	cfg *pgx.ConnConfig // how to open a fresh lock connection
+	log *slog.Logger
+
+	// conn is used by the watcher alone (and by Close once the watcher is
+	// gone); a yield replaces it.
 	conn *pgx.Conn
-	pid  int   // backend pid, recorded with claims so others can tell we live
-	key  int64 // the job's cron lock key
+
+	// session is held shared by every claim and slice transaction, and
+	// exclusively by a yield while it moves the lock to a new connection:
+	// a fence checks pid, which is only valid once the new connection's
+	// lock is granted.
+	session sync.RWMutex
+	pid     int // backend pid of conn, recorded with claims so others can tell we live
+
+	yieldMu  sync.Mutex
+	yieldEnd chan struct{} // closed when the current (or next) yield ends
 }
 
 // acquireLock opens the dedicated connection and takes the shared lock. If
@@ -30,7 +46,7 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("open lock connection: %w", err)
 	}
-	l := &cronLock{conn: conn, key: key}
+	l := &cronLock{conn: conn, key: key, cfg: db.Config().ConnConfig.Copy(), log: log, yieldEnd: make(chan struct{})}
 	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&l.pid); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("open lock connection: %w", err)
@@ -59,9 +75,14 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, log *slog.Log
 	return l, nil
 }
 
-// watch checks the lock connection until ctx ends; if it dies the work is
-// cancelled with ErrLockLost, since the cron job could now run alongside.
-func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
+// watch checks the lock connection every second until ctx ends. If it
+// died the work is cancelled with ErrLockLost, since the cron job could now
+// run alongside. If a session waits for the lock exclusively (the
+// application's workspace delete, a serial backfill) the lock is yielded
+// to it (yield.go). A yield in progress when ctx ends is seen through
+// unless run, the run's own context, ends too: the watermark stamp after
+// the work needs the lock.
+func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc, run context.Context, repoint repointFunc) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -70,17 +91,29 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 			return
 		case <-tick.C:
 		}
-		// The ping has a context of its own: pgx closes a connection whose
-		// context is cancelled mid-query, and this one carries the lock the
-		// watermark stamp still needs when the workers finish.
-		pctx, done := context.WithTimeout(context.Background(), 5*time.Second)
-		err := l.conn.Ping(pctx)
-		done()
+		w, err := l.waiter()
 		if err != nil && ctx.Err() == nil {
-			cancel(fmt.Errorf("%w (cron lock %d)", ErrLockLost, l.key))
+			cancel(fmt.Errorf("%w (cron lock %d): %w", ErrLockLost, l.key, err))
+			return
+		}
+		if w == nil {
+			continue
+		}
+		if err := l.yield(run, *w, repoint); err != nil && run.Err() == nil {
+			cancel(fmt.Errorf("%w (cron lock %d): %w", ErrLockLost, l.key, err))
 			return
 		}
 	}
+}
+
+// lockQuery runs a query on the lock connection with a context of its own:
+// pgx closes a connection whose context is cancelled mid-query, and this
+// one carries the lock the watermark stamp still needs when the workers
+// finish.
+func (l *cronLock) lockQuery(sql string, args []any, dest ...any) error {
+	qctx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	return l.conn.QueryRow(qctx, sql, args...).Scan(dest...)
 }
 
 // Close ends the lock connection, which releases the lock.

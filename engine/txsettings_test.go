@@ -48,7 +48,7 @@ func TestTxSettingsRoundTimeoutsUp(t *testing.T) {
 		time.Millisecond:                       "1ms",
 		1500 * time.Microsecond:                "2ms",
 		5 * time.Minute:                        "300000ms",
-		CeilingTimeout:                             "86400000ms",
+		CeilingTimeout:                         "86400000ms",
 		2*time.Second + 999999*time.Nanosecond: "2001ms",
 	} {
 		s := txSettings(Config{StatementTimeout: d, LockTimeout: d})

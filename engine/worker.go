@@ -21,11 +21,14 @@ import (
 // MaxConcurrency workers are started; ctl's gate lets as many claim at
 // once as the limits in effect allow, and none while the run is paused.
 func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
+	runCtx := ctx
 	ctx, cancel := context.WithCancelCause(ctx)
 	watching := make(chan struct{})
 	go func() {
 		defer close(watching)
-		lock.watch(ctx, cancel)
+		lock.watch(ctx, cancel, runCtx, func(ctx context.Context, pid int) error {
+			return e.store.Repoint(ctx, ctl.runID, e.cfg.Owner, pid)
+		})
 	}()
 	// The watcher uses the lock connection: it must be gone before the
 	// caller closes that connection.
@@ -40,7 +43,7 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res 
 		runID:    ctl.runID,
 		ctl:      ctl,
 		limiter:  ctl.limiter,
-		claimant: checkpoint.Claimant{Owner: e.cfg.Owner, PID: lock.pid},
+		claimant: checkpoint.Claimant{Owner: e.cfg.Owner}, // PID: lock.enter
 		done:     make(chan struct{}),
 		stop:     make(chan struct{}),
 		failures: newFailureLog(e.cfg.Logger),
@@ -182,7 +185,9 @@ func (w *workers) take(ctx context.Context, n int) error {
 func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
-	batch, err := w.e.store.Claim(cctx, w.runID, w.claimant, w.ctl.batchLimits(), w.e.cfg.Lease)
+	c, leave := w.enter() // waits out a yield of the cron lock
+	defer leave()
+	batch, err := w.e.store.Claim(cctx, w.runID, c, w.ctl.batchLimits(), w.e.cfg.Lease)
 	if err == nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -234,6 +239,14 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 			return err
 		case errors.Is(err, checkpoint.ErrNotProtected):
 			return fmt.Errorf("%w: %w", ErrLockLost, err)
+		case errors.Is(err, checkpoint.ErrLockContended):
+			// A session waits for the cron lock exclusively, and this
+			// process yields to it: try again after, without counting
+			// the attempt. Lock contention never fails a slice.
+			attempt--
+			if err := w.lock.contended(ctx); err != nil {
+				return err
+			}
 		case retryable(err) && attempt < cfg.MaxAttempts:
 			delay := backoff(cfg.Backoff, attempt)
 			cfg.Logger.Warn("transient error; retrying", "batch", batch.String(), "attempt", attempt, "in", delay, "err", err)
@@ -273,7 +286,9 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 // round trip.
 func (w *workers) execute(ctx context.Context, batch shard.Batch) (int64, error) {
 	var rows int64
-	stmts := w.e.store.Fenced(batch, w.claimant, txSettings(w.e.cfg), func(tx *pgx.Batch) {
+	c, leave := w.enter() // waits out a yield of the cron lock
+	defer leave()
+	stmts := w.e.store.Fenced(batch, c, txSettings(w.e.cfg), func(tx *pgx.Batch) {
 		w.e.job.Queue(tx, batch, &rows)
 	})
 	br := w.e.db.SendBatch(ctx, stmts)

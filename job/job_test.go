@@ -322,3 +322,67 @@ func TestMultiSliceBatchesMatchOracle(t *testing.T) {
 		testenv.RequireOracle(t, pool)
 	}
 }
+
+// A slice of a run drops the queued dirty keys of its own buckets that were
+// enqueued before the run's watermark target, and no other: later keys,
+// other workspaces' and other windows' stay for the cron job. Outside a run
+// (no target) the queue is left alone.
+func TestSliceDropsCoveredQueueKeys(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	ctx := context.Background()
+	h := preflighted(t, pool)
+	planned := plan(t, pool, math.MaxInt32)
+	var s shard.Slice
+	for _, c := range planned {
+		if c.EstRows > s.EstRows {
+			s = c
+		}
+	}
+	target := time.Now().Add(-5 * time.Minute).UTC().Truncate(time.Microsecond)
+	enqueue := func(name, ws string, bucket, at time.Time) {
+		t.Helper()
+		_, err := pool.Exec(ctx, `INSERT INTO task_usage_hourly_dirty
+			(bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model, enqueued_at)
+			VALUES ($1, $2, gen_random_uuid(), gen_random_uuid(), NULL, 'p', $3, $4)`, bucket, ws, name, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := "00000000-0000-0000-0000-000000000001"
+	remaining := func() []string {
+		t.Helper()
+		rows, err := pool.Query(ctx, `SELECT model FROM task_usage_hourly_dirty ORDER BY model`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, timePath := range []bool{false, true} {
+		if _, err := pool.Exec(ctx, `DELETE FROM task_usage_hourly_dirty`); err != nil {
+			t.Fatal(err)
+		}
+		enqueue("covered", s.Workspace, s.From, target.Add(-time.Hour))
+		enqueue("covered-last-hour", s.Workspace, s.To.Add(-time.Hour), target.Add(-time.Microsecond))
+		enqueue("later", s.Workspace, s.From, target)
+		enqueue("other-window", s.Workspace, s.To, target.Add(-time.Hour))
+		enqueue("other-workspace", other, s.From, target.Add(-time.Hour))
+
+		apply(t, pool, h, []shard.Slice{s}, timePath) // outside a run
+		if got := remaining(); len(got) != 5 {
+			t.Fatalf("a slice outside a run touched the queue: %v left", got)
+		}
+		inRun := s
+		inRun.WatermarkTarget = target
+		apply(t, pool, h, []shard.Slice{inRun}, timePath)
+		want := []string{"later", "other-window", "other-workspace"}
+		if got := remaining(); !slices.Equal(got, want) {
+			t.Errorf("time path %v: queue holds %v after the slice, want %v", timePath, got, want)
+		}
+	}
+}

@@ -99,6 +99,21 @@ func (b Batch) ReadFrom() time.Time {
 	return at
 }
 
+// WatermarkTarget is the earliest of its slices' (all slices of one run
+// share it); zero when any slice has none.
+func (b Batch) WatermarkTarget() time.Time {
+	var at time.Time
+	for i, s := range b.Slices {
+		if s.WatermarkTarget.IsZero() {
+			return time.Time{}
+		}
+		if i == 0 || s.WatermarkTarget.Before(at) {
+			at = s.WatermarkTarget
+		}
+	}
+	return at
+}
+
 // Workspaces counts the distinct workspaces of the batch.
 func (b Batch) Workspaces() int {
 	n := 0

@@ -84,6 +84,13 @@ func printStatus(g *globals, st *checkpoint.Status) {
 		}
 		printf(w, "rate: %.0f rows/s over the last %.0fs, eta %s\n", st.RowsPerSecond, st.RateWindowSeconds, eta)
 	}
+	if y := st.YieldingTo; y != nil {
+		how := "waits for"
+		if y.Granted {
+			how = "holds"
+		}
+		printf(w, "yielding: pid %d (%s) %s the cron lock; work resumes when it is done\n", y.PID, y.ApplicationName, how)
+	}
 	for _, p := range st.Processes {
 		lim := fmt.Sprintf("concurrency %d, rate %s, burst %d, sleep %s", p.Concurrency, rateText(p.Rate), p.Burst, p.SleepBetweenSlices)
 		reason := ""
