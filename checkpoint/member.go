@@ -22,10 +22,10 @@ const memberClass = 4247
 // from then on, so it cannot write beside the new run.
 var ErrSuperseded = errors.New("the run was superseded by a newer run")
 
-// Join takes the membership lock on conn, the process's lock connection,
-// which holds it until it closes.
+// Join takes the membership lock in the transaction open on conn, the
+// process's lock connection, which holds it until that transaction ends.
 func (s *Store) Join(ctx context.Context, conn *pgx.Conn) error {
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1, hashtext($2))`, memberClass, s.memberName()); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, memberClass, s.memberName()); err != nil {
 		return fmt.Errorf("join schema %s: %w", s.schema, err)
 	}
 	return nil

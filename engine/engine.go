@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -131,16 +132,31 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 
-	lock, err := acquireLock(ctx, e.db, e.job.CronLockKey(), e.cfg.Logger)
+	parent := ctx
+	lock, err := acquireLock(ctx, e.db, e.job.CronLockKey(), e.store.Join, e.cfg.Logger)
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}
 	defer lock.Close()
+	// The lock is watched from here on, planning included: should its
+	// connection die, everything after stops (ErrLockLost); should a
+	// session want it exclusively, it is yielded. The watcher must be gone
+	// before the lock connection closes (deferred calls run last first).
+	var runID atomic.Int64 // claims to re-point after a yield: none before the run is known
+	ctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	defer lock.watching(ctx, lost, parent, func(rctx context.Context, pid int) error {
+		if id := runID.Load(); id != 0 {
+			return e.store.Repoint(rctx, id, e.cfg.Owner, pid)
+		}
+		return nil
+	})()
+	interrupted := func(ctx context.Context, err error) error { return stopped(parent, ctx, err) }
 
 	if err := e.store.Migrate(ctx); err != nil {
 		return nil, interrupted(ctx, err)
 	}
-	if err := e.join(ctx, lock); err != nil {
+	if err := e.alone(ctx); err != nil {
 		return nil, interrupted(ctx, err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
@@ -155,6 +171,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}
+	runID.Store(run.ID)
 	res := &Result{Run: run, Planned: planned}
 	if !planned && run.Finished() {
 		log.Info("latest run is already done; nothing to do", "run", run.ID)
@@ -197,7 +214,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return res, interrupted(ctx, err)
 	}
 	if err := e.workUntilDone(ctx, lock, ctl, res); err != nil {
-		e.handBack(ctx, run.ID, err)
+		e.handBack(parent, run.ID, err)
 		return res, interrupted(ctx, err)
 	}
 
@@ -242,22 +259,28 @@ func (e *Engine) finish(ctx context.Context, lock *cronLock, run *checkpoint.Run
 	}
 }
 
-// join makes this process a member of the schema's runs, on its lock
-// connection, after making sure that no backfill of another checkpoint
-// schema works on the same rollup: each would take the other's writes for
-// its own. Joining first and looking second means two processes of two
-// schemas starting together both see the other and both refuse, rather
-// than both going on.
-func (e *Engine) join(ctx context.Context, lock *cronLock) error {
-	if err := e.store.Join(ctx, lock.conn); err != nil {
-		return err
-	}
+// alone makes sure that no backfill of another checkpoint schema works on
+// the same rollup: each would take the other's writes for its own. This
+// process took its membership lock with the cron lock, before looking: two
+// processes of two schemas starting together both see the other and both
+// refuse, rather than both going on.
+func (e *Engine) alone(ctx context.Context) error {
 	other, err := e.store.OtherSchemas(ctx)
 	if err != nil || other == "" {
 		return err
 	}
 	return &ConfigError{fmt.Sprintf("another backfill, with other checkpoint tables ({Schema}), is working on this database's rollup (%s): "+
 		"two runs must never write the same rollup; wait for it to end or stop it, then use one schema", other)}
+}
+
+// stopped maps an error of a step after the lock was taken: the lock lost
+// (the watcher cancelled watched with ErrLockLost) is said as such, a stop
+// of the caller's context as ErrInterrupted.
+func stopped(parent, watched context.Context, err error) error {
+	if cause := context.Cause(watched); err != nil && parent.Err() == nil && errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return interrupted(parent, err)
 }
 
 // workUntilDone runs the pool until no slice is left for this process.

@@ -747,6 +747,10 @@ func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	if st, err = store.Status(context.Background(), mustRun(t, store, res.Run.ID)); err != nil || st.State != checkpoint.StateInterrupted {
 		t.Fatalf("status state %q (%v) with only a foreign holder of the cron lock, want interrupted", st.State, err)
 	}
+	// Membership locks live in the lock connection's open transaction.
+	if _, err := holder.Exec(context.Background(), `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
 	other := checkpoint.New(pool, "other_schema", job.CronLockKey)
 	if err := other.Join(context.Background(), holder); err != nil {
 		t.Fatal(err)

@@ -14,14 +14,30 @@ import (
 )
 
 // cronLock holds the cron job's advisory lock in shared mode on a connection
-// of its own. The connection never goes back to a pool: closing it is the
-// only way the lock is given up, so no exit path can leak it to a pooled
-// session that lives on. A yield (yield.go) hands the lock over to a fresh
-// connection, which then takes the old one's place.
+// of its own, for as long as the process works on a run.
+//
+// The lock is transaction-level, held by a transaction that the lock
+// connection opens first and never commits: ending the transaction (or the
+// connection) is the only way it is given up. That makes it safe behind
+// any pooler. A transaction pins its server connection even under
+// PgBouncer's transaction pooling, so the lock lives exactly as long as
+// this process's connection, is never left behind on a pooled server
+// backend after the process exits, and giving it up (a ROLLBACK of our own
+// transaction) can never release another client's lock, as
+// pg_advisory_unlock_all() on a pooled backend did. The transaction takes
+// no snapshot between statements and writes nothing, so it holds back
+// neither vacuum nor anything else; it shows in pg_stat_activity as idle in
+// transaction for the whole run.
+//
+// A yield (yield.go) hands the lock over to a fresh connection, which then
+// takes the old one's place.
 type cronLock struct {
 	key int64           // the job's cron lock key
 	cfg *pgx.ConnConfig // how to open a fresh lock connection
 	log *slog.Logger
+	// join, when set, is taken on every lock connection before the cron
+	// lock (the checkpoint schema's membership lock, see checkpoint.Join).
+	join func(ctx context.Context, conn *pgx.Conn) error
 
 	// conn is used by the watcher alone (and by Close once the watcher is
 	// gone); a yield replaces it.
@@ -38,21 +54,19 @@ type cronLock struct {
 	yieldEnd chan struct{} // closed when the current (or next) yield ends
 }
 
-// acquireLock opens the dedicated connection and takes the shared lock. If
-// someone holds it exclusively (a cron tick, or the serial backfill command
-// started by mistake) it says who and waits.
-func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, log *slog.Logger) (*cronLock, error) {
-	conn, err := pgx.ConnectConfig(ctx, db.Config().ConnConfig.Copy())
+// acquireLock opens the dedicated connection and takes the shared lock
+// there (after join's lock, if any). If someone holds it exclusively (a cron
+// tick, or the serial backfill command started by mistake) it says who and
+// waits.
+func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, join func(context.Context, *pgx.Conn) error, log *slog.Logger) (*cronLock, error) {
+	l := &cronLock{key: key, cfg: db.Config().ConnConfig.Copy(), log: log, join: join, yieldEnd: make(chan struct{})}
+	conn, pid, err := l.open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open lock connection: %w", err)
+		return nil, err
 	}
-	l := &cronLock{conn: conn, key: key, cfg: db.Config().ConnConfig.Copy(), log: log, yieldEnd: make(chan struct{})}
-	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&l.pid); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("open lock connection: %w", err)
-	}
+	l.conn, l.pid = conn, pid
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, key).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock_shared($1)`, key).Scan(&got); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
@@ -68,11 +82,36 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, log *slog.Log
 		  AND l.granted AND l.mode = 'ExclusiveLock' AND a.datname = current_database()`).Scan(&holder)
 	log.Warn("waiting for the cron lock: another session holds it exclusively (the cron tick, or the serial backfill command?)",
 		"lock", key, "holder", holder)
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1)`, key); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, key); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
 	return l, nil
+}
+
+// open connects afresh and begins the transaction that will hold the locks,
+// with no timeout of the role or database able to end it (the watcher's
+// statements are its only activity), then takes join's lock in it.
+func (l *cronLock) open(ctx context.Context) (*pgx.Conn, int, error) {
+	conn, err := pgx.ConnectConfig(ctx, l.cfg.Copy())
+	if err != nil {
+		return nil, 0, fmt.Errorf("open lock connection: %w", err)
+	}
+	var pid int
+	_, err = conn.Exec(ctx, `BEGIN`)
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT pg_backend_pid(),
+			set_config('idle_in_transaction_session_timeout', '0', true),
+			set_config('statement_timeout', '0', true), set_config('lock_timeout', '0', true)`).Scan(&pid, nil, nil, nil)
+	}
+	if err == nil && l.join != nil {
+		err = l.join(ctx, conn)
+	}
+	if err != nil {
+		_ = conn.Close(context.Background())
+		return nil, 0, fmt.Errorf("open lock connection: %w", err)
+	}
+	return conn, pid, nil
 }
 
 // watch checks the lock connection every second until ctx ends. If it
@@ -106,6 +145,22 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc, ru
 	}
 }
 
+// watching runs watch in the background until the returned stop is called;
+// stop returns once the watcher is gone, so the lock connection is free to
+// close.
+func (l *cronLock) watching(ctx context.Context, cancel context.CancelCauseFunc, run context.Context, repoint repointFunc) (stop func()) {
+	wctx, end := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.watch(wctx, cancel, run, repoint)
+	}()
+	return func() {
+		end()
+		<-done
+	}
+}
+
 // lockQuery runs a query on the lock connection with a context of its own:
 // pgx closes a connection whose context is cancelled mid-query, and this
 // one carries the lock the watermark stamp still needs when the workers
@@ -116,12 +171,16 @@ func (l *cronLock) lockQuery(sql string, args []any, dest ...any) error {
 	return l.conn.QueryRow(qctx, sql, args...).Scan(dest...)
 }
 
-// Close ends the lock connection, which releases the lock.
-func (l *cronLock) Close() {
+// Close gives the lock up and ends the lock connection.
+func (l *cronLock) Close() { endLockConn(l.conn) }
+
+// endLockConn rolls back a lock connection's transaction, which releases
+// its locks at once (closing alone releases them only once the server has
+// noticed the disconnect, a moment after this process moved on), and
+// closes it.
+func endLockConn(conn *pgx.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// Unlock first: closing alone releases the lock only once the server
-	// has noticed the disconnect, a moment after this process moved on.
-	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`)
-	_ = l.conn.Close(ctx)
+	_, _ = conn.Exec(ctx, `ROLLBACK`)
+	_ = conn.Close(ctx)
 }

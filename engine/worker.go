@@ -21,22 +21,6 @@ import (
 // MaxConcurrency workers are started; ctl's gate lets as many claim at
 // once as the limits in effect allow, and none while the run is paused.
 func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
-	runCtx := ctx
-	ctx, cancel := context.WithCancelCause(ctx)
-	watching := make(chan struct{})
-	go func() {
-		defer close(watching)
-		lock.watch(ctx, cancel, runCtx, func(ctx context.Context, pid int) error {
-			return e.store.Repoint(ctx, ctl.runID, e.cfg.Owner, pid)
-		})
-	}()
-	// The watcher uses the lock connection: it must be gone before the
-	// caller closes that connection.
-	defer func() {
-		cancel(nil)
-		<-watching
-	}()
-
 	w := &workers{
 		e:        e,
 		lock:     lock,

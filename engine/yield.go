@@ -193,20 +193,21 @@ type lockRequest struct {
 	err      error
 }
 
-// request opens a fresh connection and asks for the lock on it in the
-// background. Cancelling a queued request closes its connection (pgx), so
-// a cancelled request leaves nothing behind.
+// request opens a fresh lock connection (its transaction begun, join's
+// lock taken) and asks for the cron lock on it in the background.
+// Cancelling a queued request closes its connection (pgx), so a cancelled
+// request leaves nothing behind.
 func (l *cronLock) request(ctx context.Context) (*lockRequest, error) {
 	cctx, done := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgx.ConnectConfig(cctx, l.cfg.Copy())
+	conn, pid, err := l.open(cctx)
 	done()
 	if err != nil {
 		return nil, fmt.Errorf("open a new lock connection: %w", err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
-	req := &lockRequest{conn: conn, pid: int(conn.PgConn().PID()), cancel: cancel, done: make(chan error, 1)}
+	req := &lockRequest{conn: conn, pid: pid, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		_, err := conn.Exec(rctx, `SELECT pg_advisory_lock_shared($1)`, l.key)
+		_, err := conn.Exec(rctx, `SELECT pg_advisory_xact_lock_shared($1)`, l.key)
 		req.done <- err
 	}()
 	return req, nil
@@ -264,9 +265,4 @@ func (l *cronLock) awaitQueued(req *lockRequest) error {
 }
 
 // release gives up the old connection's lock and closes it.
-func (l *cronLock) release() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock_shared($1)`, l.key)
-	_ = l.conn.Close(ctx)
-}
+func (l *cronLock) release() { endLockConn(l.conn) }
