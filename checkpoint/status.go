@@ -44,6 +44,11 @@ type Status struct {
 	WatermarkAt     *time.Time    `json:"watermark_at"` // when this run stamped; null until then
 	LastError       *string       `json:"last_error"`
 	FailedSlices    []FailedSlice `json:"failed_slices"`
+	// ReadOnlyReplica is set when the status was read on a hot standby:
+	// it may lag the primary, and the processes working on the run (whose
+	// locks live on the primary) cannot be seen, so a running run is shown
+	// as stored rather than judged interrupted.
+	ReadOnlyReplica bool `json:"read_only_replica"`
 }
 
 // Status reads run's progress. The rate is measured over the slices
@@ -66,7 +71,10 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if run.State == StateSuperseded {
 		st.State, st.Superseded = StateInterrupted, true
 	}
-	if run.State == StateRunning {
+	if err := s.db.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&st.ReadOnlyReplica); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if run.State == StateRunning && !st.ReadOnlyReplica {
 		// A process that was killed could not say so. Every process that
 		// works on one of this schema's runs holds the schema's membership
 		// lock; if none does, nobody is working and the run is interrupted.

@@ -79,6 +79,12 @@ type Config struct {
 	// only; 0 leaves the server's setting. Default 0.
 	StatementTimeout time.Duration
 	LockTimeout      time.Duration
+	// PlanTimeout is the statement_timeout of planning (the one read of
+	// the whole history) and of the read-only plan; 0 means none, whatever
+	// the role or database sets, since a server-wide timeout sized for the
+	// application's queries would otherwise kill every attempt to plan.
+	// Default 0.
+	PlanTimeout time.Duration
 	// Owner names this process in the checkpoint tables. Default
 	// host:pid:random.
 	Owner string
@@ -170,6 +176,8 @@ func (c Config) Validate() error {
 		return bad("StatementTimeout", "must not be negative", c.StatementTimeout)
 	case c.LockTimeout < 0:
 		return bad("LockTimeout", "must not be negative", c.LockTimeout)
+	case c.PlanTimeout < 0:
+		return bad("PlanTimeout", "must not be negative", c.PlanTimeout)
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:

@@ -52,6 +52,10 @@ run is in progress, whichever process or host runs it.`,
 			if err != nil {
 				return err
 			}
+			if st.ReadOnlyReplica {
+				g.log.Warn("the server is a hot standby (in recovery): this status may lag the primary, " +
+					"and whether processes still work on the run can only be seen on the primary")
+			}
 			if asJSON {
 				enc := json.NewEncoder(g.out)
 				enc.SetIndent("", "  ")
@@ -82,6 +86,9 @@ func printStatus(g *globals, st *checkpoint.Status) {
 			eta = (time.Duration(*st.ETASeconds) * time.Second).Round(time.Second).String()
 		}
 		printf(w, "rate: %.0f rows/s over the last minute, eta %s\n", st.RowsPerSecond, eta)
+	}
+	if st.ReadOnlyReplica {
+		printf(w, "note: read on a hot standby; this may lag the primary\n")
 	}
 	for _, o := range st.Owners {
 		printf(w, "working: %s\n", o)
