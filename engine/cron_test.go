@@ -18,16 +18,18 @@ import (
 	"github.com/shardfill/shardfill/shard"
 )
 
-// gatedJob holds every batch a second on the server until the gate
+// gatedJob holds every batch gateHold on the server until the gate
 // opens, so a run lasts as long as the test needs it to.
 type gatedJob struct {
 	job.Hourly
 	open atomic.Bool
 }
 
+const gateHold = 2 * time.Second
+
 func (g *gatedJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 	if !g.open.Load() {
-		tx.Queue(`SELECT pg_sleep(1)`)
+		tx.Queue(`SELECT pg_sleep($1)`, gateHold.Seconds())
 	}
 	g.Hourly.Queue(tx, batch, written)
 }
@@ -95,6 +97,7 @@ func TestRealCronHandOver(t *testing.T) {
 				if status != "succeeded" {
 					t.Fatalf("cron tick at %s %s: %s", started, status, msg)
 				}
+				t.Logf("cron tick started %s (after %s): %s %s", started.UTC().Format(time.StampMilli), since.UTC().Format(time.StampMilli), status, msg)
 				return started
 			}
 			if err != pgx.ErrNoRows {
@@ -111,10 +114,10 @@ func TestRealCronHandOver(t *testing.T) {
 	}
 
 	gate := &gatedJob{}
-	running := make(chan struct{})
+	running := make(chan int64, 1)
 	e := testenv.Engine(t, url, gate, engine.Config{Concurrency: 1, BatchSlices: 1, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.RunStarted {
-			close(running)
+			running <- ev.Run.SlicesTotal
 		}
 	}})
 	type outcome struct {
@@ -127,7 +130,13 @@ func TestRealCronHandOver(t *testing.T) {
 		end <- outcome{res, err}
 	}()
 	select {
-	case <-running:
+	case slices := <-running:
+		// Held at gateHold a slice, the run must outlast the next minute
+		// boundary and the tick after it whenever it starts.
+		if runway := time.Duration(slices) * gateHold; runway < 80*time.Second {
+			t.Fatalf("%d slices last %s: too short to see a cron tick during the run", slices, runway)
+		}
+		t.Logf("run of %d slices started", slices)
 	case o := <-end:
 		t.Fatalf("the run ended before it started: %v", o.err)
 	}
