@@ -84,8 +84,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 
 // trusted reports whether the schema exists, and refuses it with an
 // [*UntrustedError] unless the current role (or a role it is a member of)
-// owns it and each of shardfill's tables in it, and no trigger was added
-// to them (their foreign key's internal triggers aside).
+// owns it and each of shardfill's tables in it, and no trigger on them
+// calls a function of another role's (a role granted TRIGGER could add
+// one).
 func (s *Store) trusted(ctx context.Context, tx pgx.Tx) (bool, error) {
 	var exists bool
 	var role string
@@ -100,9 +101,10 @@ func (s *Store) trusted(ctx context.Context, tx pgx.Tx) (bool, error) {
 		             WHERE c.relnamespace = n.oid AND c.relname = ANY ($2)
 		               AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
 		             UNION ALL
-		             SELECT format('%s has trigger %s', c.relname, t.tgname)
-		             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-		             WHERE c.relnamespace = n.oid AND c.relname = ANY ($2) AND NOT t.tgisinternal)
+		             SELECT format('%s has trigger %s calling %s, owned by %s', c.relname, t.tgname, p.oid::regproc, pg_get_userbyid(p.proowner))
+		             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid
+		             WHERE c.relnamespace = n.oid AND c.relname = ANY ($2) AND NOT t.tgisinternal
+		               AND NOT pg_has_role(current_user, p.proowner, 'MEMBER'))
 		FROM (SELECT) AS one LEFT JOIN pg_namespace n ON n.nspname = $1`, s.schema, schemaObjects).Scan(&exists, &role, &why)
 	if err != nil {
 		return false, fmt.Errorf("check the owner of checkpoint schema %s: %w", s.schema, err)

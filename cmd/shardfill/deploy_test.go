@@ -237,6 +237,20 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	if code, out := cli(t, "run", "--no-progress", "--new-run", "--database-url", statusURL); code == 0 {
 		t.Fatalf("run as the status role succeeded\n%s", out)
 	}
+	// A trigger on the run role's own table that calls another role's
+	// function (a role granted TRIGGER could add it) is refused too.
+	for _, q := range []string{
+		`CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$`,
+		`ALTER FUNCTION public.planted() OWNER TO ` + id(other),
+		`CREATE TRIGGER planted BEFORE UPDATE ON shardfill.slice FOR EACH ROW EXECUTE FUNCTION public.planted()`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if code, out := cli(t, "run", "--no-progress", "--new-run", "--database-url", runURL); code != 2 || !strings.Contains(out, "trigger planted") {
+		t.Fatalf("run beside another role's trigger: exit %d, want 2 naming the trigger\n%s", code, out)
+	}
 }
 
 // A database-level statement_timeout far below what planning takes does
