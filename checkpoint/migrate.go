@@ -3,8 +3,10 @@ package checkpoint
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -21,7 +23,36 @@ var schemaObjects = func() []string {
 	return names
 }()
 
-// Migrate creates the checkpoint schema and tables if they do not exist.
+// createSchemaSQL is schema.sql's first statement. Migrate leaves it out
+// when the schema exists: CREATE SCHEMA IF NOT EXISTS checks the CREATE
+// privilege on the database before it looks, so a role that owns the
+// schema but may not create schemas would be refused.
+const createSchemaSQL = "CREATE SCHEMA IF NOT EXISTS _SCHEMA_;\n"
+
+var tablesSQL = func() string {
+	if strings.Count(schemaSQL, createSchemaSQL) != 1 {
+		panic("checkpoint: schema.sql no longer holds " + createSchemaSQL)
+	}
+	return strings.Replace(schemaSQL, createSchemaSQL, "", 1)
+}()
+
+// UntrustedError refuses checkpoint tables that another role controls:
+// whoever owns the schema or a table in it (or may add a trigger to one)
+// can make this role run their code with its privileges, on the rollup
+// too. Nothing was written.
+type UntrustedError struct {
+	Schema string
+	Role   string   // current_user
+	Why    []string // each object not this role's, and by whom
+}
+
+func (e *UntrustedError) Error() string {
+	return fmt.Sprintf("checkpoint schema %s is not controlled by role %s or a role it is a member of: %s",
+		e.Schema, e.Role, strings.Join(e.Why, "; "))
+}
+
+// Migrate creates the checkpoint schema and tables if they do not exist,
+// after making sure that what exists is this role's (see [UntrustedError]).
 // Migrations of one schema take turns: concurrent CREATE … IF NOT EXISTS
 // can still collide in the catalogs.
 func (s *Store) Migrate(ctx context.Context) error {
@@ -29,17 +60,59 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, turnSQL, s.turn("migrate")...); err != nil {
 			return err
 		}
+		exists, err := s.trusted(ctx, tx)
+		if err != nil {
+			return err
+		}
 		complete, err := s.complete(ctx, tx)
 		if err != nil || complete {
 			return err
 		}
-		_, err = tx.Exec(ctx, s.q(schemaSQL))
+		ddl := schemaSQL
+		if exists {
+			ddl = tablesSQL
+		}
+		_, err = tx.Exec(ctx, s.q(ddl))
 		return err
 	})
-	if err != nil {
+	var untrusted *UntrustedError
+	if err != nil && !errors.As(err, &untrusted) {
 		return fmt.Errorf("create checkpoint schema %s: %w", s.schema, err)
 	}
-	return nil
+	return err
+}
+
+// trusted reports whether the schema exists, and refuses it with an
+// [*UntrustedError] unless the current role (or a role it is a member of)
+// owns it and each of shardfill's tables in it, and no trigger on them
+// calls a function of another role's (a role granted TRIGGER could add
+// one).
+func (s *Store) trusted(ctx context.Context, tx pgx.Tx) (bool, error) {
+	var exists bool
+	var role string
+	var why []string
+	err := tx.QueryRow(ctx, `
+		SELECT n.oid IS NOT NULL, current_user::text,
+		       ARRAY(SELECT format('the schema is owned by %s', pg_get_userbyid(n.nspowner))
+		             WHERE NOT pg_has_role(current_user, n.nspowner, 'MEMBER')
+		             UNION ALL
+		             SELECT format('%s is owned by %s', c.relname, pg_get_userbyid(c.relowner))
+		             FROM pg_class c
+		             WHERE c.relnamespace = n.oid AND c.relname = ANY ($2)
+		               AND NOT pg_has_role(current_user, c.relowner, 'MEMBER')
+		             UNION ALL
+		             SELECT format('%s has trigger %s calling %s, owned by %s', c.relname, t.tgname, p.oid::regproc, pg_get_userbyid(p.proowner))
+		             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid
+		             WHERE c.relnamespace = n.oid AND c.relname = ANY ($2) AND NOT t.tgisinternal
+		               AND NOT pg_has_role(current_user, p.proowner, 'MEMBER'))
+		FROM (SELECT) AS one LEFT JOIN pg_namespace n ON n.nspname = $1`, s.schema, schemaObjects).Scan(&exists, &role, &why)
+	if err != nil {
+		return false, fmt.Errorf("check the owner of checkpoint schema %s: %w", s.schema, err)
+	}
+	if len(why) > 0 {
+		return exists, &UntrustedError{Schema: s.schema, Role: role, Why: why}
+	}
+	return exists, nil
 }
 
 // complete reports whether the checkpoint schema already has every table,

@@ -1,13 +1,13 @@
 -- Stores a run's slices from the planned list (the temporary table
--- shardfill_plan, filled from the job's plan query). Slice ids follow
--- descending size, so claiming in id order starts the largest slices first.
+-- shardfill_plan filled from the job's plan query, or that query itself;
+-- see planSlices for the placeholders). Slice ids follow descending
+-- size, so claiming in id order starts the largest slices first.
 -- Each slice carries the totals a claim needs to price its batch: the raw
 -- rows of its workspace over the whole run (reading through the workspace's
 -- tasks) and of its window over every workspace (reading through time).
--- $1: the run.
 INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows, window_rows)
-SELECT $1, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
+SELECT _RUN_, row_number() OVER (ORDER BY est_rows DESC, workspace_id, from_ts),
        workspace_id, from_ts, to_ts, est_rows, read_from,
        sum(est_rows) OVER (PARTITION BY workspace_id),
        sum(est_rows) OVER (PARTITION BY from_ts, to_ts)
-FROM shardfill_plan
+FROM _PLAN_

@@ -5,6 +5,8 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -97,6 +99,20 @@ type PlanSpec struct {
 	// Self is the backend pid of the caller's lock connection: the
 	// membership lock it holds is not another process's.
 	Self int
+	// Timeout is the statement_timeout of the planning transaction (0 =
+	// none): a role's or database's own would kill planning, and waiting
+	// for another process's planning, on a big history.
+	Timeout time.Duration
+}
+
+// TimeoutSQL sets statement_timeout for the rest of the transaction to
+// its argument, from [TimeoutSetting].
+const TimeoutSQL = `SELECT set_config('statement_timeout', $1, true)`
+
+// TimeoutSetting renders d for [TimeoutSQL]: whole milliseconds, rounded
+// up so that a positive duration never becomes 0 (no timeout).
+func TimeoutSetting(d time.Duration) string {
+	return strconv.FormatInt(int64((d+time.Millisecond-1)/time.Millisecond), 10) + "ms"
 }
 
 // BusyError refuses to supersede a run that other processes still work on
@@ -117,6 +133,9 @@ func (e *BusyError) Error() string {
 // unless spec.NewRun is set: the caller says which.
 func (s *Store) Start(ctx context.Context, spec PlanSpec) (run *Run, planned bool, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, TimeoutSQL, TimeoutSetting(spec.Timeout)); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, turnSQL, s.turn("plan")...); err != nil {
 			return err
 		}
@@ -193,12 +212,25 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	if err != nil {
 		return nil, err
 	}
-	_, err = tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+spec.SourceSQL,
-		LowerBound(spec.RangeFrom), spec.MaxSliceRows)
-	if err != nil {
-		return nil, fmt.Errorf("plan slices: %w", err)
+	// Without the TEMP privilege (PUBLIC has it unless revoked) the slices
+	// go straight from the plan query into the slice table: the same
+	// slices, read by one serial scan.
+	var temp bool
+	if err := tx.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'TEMP')`).Scan(&temp); err != nil {
+		return nil, err
 	}
-	if _, err = tx.Exec(ctx, s.q(planSlicesSQL), id); err != nil {
+	if temp {
+		_, err = tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+spec.SourceSQL,
+			LowerBound(spec.RangeFrom), spec.MaxSliceRows)
+		if err != nil {
+			return nil, fmt.Errorf("plan slices: %w", err)
+		}
+		_, err = tx.Exec(ctx, s.q(planSlices("shardfill_plan", "$1")), id)
+	} else {
+		_, err = tx.Exec(ctx, s.q(planSlices("(\n"+spec.SourceSQL+"\n) AS shardfill_plan", "$3")),
+			LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("plan slices: %w", err)
 	}
 	// The slice table just grew by a whole run: without fresh statistics
@@ -215,6 +247,12 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 		return nil, err
 	}
 	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// planSlices is plan_slices.sql reading the planned list from source (in
+// place of _PLAN_), with the run id as parameter run (in place of _RUN_).
+func planSlices(source, run string) string {
+	return strings.NewReplacer("_PLAN_", source, "_RUN_", run).Replace(planSlicesSQL)
 }
 
 // LowerBound turns an optional bound into a timestamptz parameter.

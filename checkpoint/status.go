@@ -97,6 +97,11 @@ type Status struct {
 	// YieldingTo is the session the run's processes yield the cron lock
 	// to (it waits for it or holds it exclusively); null otherwise.
 	YieldingTo *LockSession `json:"yielding_to"`
+	// ReadOnlyReplica is set when the status was read on a hot standby:
+	// it may lag the primary, and the processes working on the run (whose
+	// locks live on the primary) cannot be seen, so a running run is shown
+	// as stored rather than judged interrupted.
+	ReadOnlyReplica bool `json:"read_only_replica"`
 }
 
 // LockSession is a session that takes the cron lock exclusively.
@@ -152,6 +157,9 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if run.State == StateSuperseded {
 		st.State, st.Superseded = StateInterrupted, true
 	}
+	if err := s.db.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&st.ReadOnlyReplica); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
 	ctl, err := s.Control(ctx, run.ID)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
@@ -164,7 +172,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if run.State == StateInterrupted && live {
 		st.State = StateRunning // a process left while others work on
 	}
-	if run.State == StateRunning && !live {
+	if run.State == StateRunning && !live && !st.ReadOnlyReplica {
 		// A process that was killed could not say so. Every process that
 		// works on one of this schema's runs holds the schema's membership
 		// lock; if none does, nobody is working and the run is interrupted.

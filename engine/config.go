@@ -121,6 +121,12 @@ type Config struct {
 	// never down to 0 (which would mean no timeout).
 	StatementTimeout time.Duration
 	LockTimeout      time.Duration
+	// PlanTimeout is the statement_timeout of planning (the one read of
+	// the whole history) and of the read-only plan; 0 means none, whatever
+	// the role or database sets, since a server-wide timeout sized for the
+	// application's queries would otherwise kill every attempt to plan.
+	// Default 0.
+	PlanTimeout time.Duration
 	// Owner names this process in the checkpoint tables. Default
 	// host:pid:random.
 	Owner string
@@ -215,6 +221,8 @@ func (c Config) Validate() error {
 		return bad("StatementTimeout", "must be from 0 (server default) to "+CeilingTimeout.String(), c.StatementTimeout)
 	case c.LockTimeout < 0 || c.LockTimeout > CeilingTimeout:
 		return bad("LockTimeout", "must be from 0 (server default) to "+CeilingTimeout.String(), c.LockTimeout)
+	case c.PlanTimeout < 0 || c.PlanTimeout > CeilingTimeout:
+		return bad("PlanTimeout", "must be from 0 (none) to "+CeilingTimeout.String(), c.PlanTimeout)
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:

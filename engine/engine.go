@@ -124,6 +124,9 @@ func (e *StaleRunError) Error() string {
 // slice fails permanently, or ctx is cancelled (ErrInterrupted).
 func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	log := e.cfg.Logger
+	if err := e.requireWritable(ctx, "a run (or planning one, {PlanOnly}), which writes the rollup and its checkpoint tables,"); err != nil {
+		return nil, err
+	}
 	if err := e.job.Preflight(ctx, e.db); err != nil {
 		return nil, err
 	}
@@ -153,7 +156,12 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	})()
 	interrupted := func(ctx context.Context, err error) error { return stopped(parent, ctx, err) }
 
-	if err := e.store.Migrate(ctx); err != nil {
+	var untrusted *checkpoint.UntrustedError
+	if err := e.store.Migrate(ctx); errors.As(err, &untrusted) {
+		return nil, &ConfigError{fmt.Sprintf("refusing {Schema} %s: %s. Whoever controls them could make this role run "+
+			"their code (a trigger) with its privileges; use a schema this role owns, or hand this one over (ALTER SCHEMA … OWNER TO, ALTER TABLE … OWNER TO)",
+			untrusted.Schema, untrusted.Error())}
+	} else if err != nil {
 		return nil, interrupted(ctx, err)
 	}
 	if err := e.alone(ctx); err != nil {
@@ -161,7 +169,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
 		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows,
-		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid, Timeout: e.cfg.PlanTimeout,
 	})
 	var busy *checkpoint.BusyError
 	if errors.As(err, &busy) {

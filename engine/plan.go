@@ -27,6 +27,9 @@ type Plan struct {
 // Plan reports the slices a run would have. It only reads: it neither
 // creates the checkpoint schema nor takes any lock.
 func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
+	if err := e.noteReadOnly(ctx); err != nil {
+		return nil, err
+	}
 	if err := e.job.Preflight(ctx, e.db); err != nil {
 		return nil, err
 	}
@@ -40,17 +43,25 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 	}
 	lower := checkpoint.LowerBound(from)
 	// One pass: the totals ride along on the largest slices as window
-	// aggregates (computed before the LIMIT).
-	rows, err := e.db.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows,
-		count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+e.job.PlanSQL()+`) src
-		ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $3`, lower, e.cfg.MaxSliceRows, largest)
-	if err != nil {
-		return nil, fmt.Errorf("plan: %w", err)
-	}
-	p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
-		var s shard.Slice
-		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &p.Slices, &p.Rows)
-		return s, err
+	// aggregates (computed before the LIMIT). It reads the whole history,
+	// under PlanTimeout rather than the role's statement_timeout, in a
+	// read-only transaction (which a standby takes too).
+	err = pgx.BeginTxFunc(ctx, e.db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, checkpoint.TimeoutSQL, checkpoint.TimeoutSetting(e.cfg.PlanTimeout)); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows,
+			count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+e.job.PlanSQL()+`) src
+			ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $3`, lower, e.cfg.MaxSliceRows, largest)
+		if err != nil {
+			return err
+		}
+		p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
+			var s shard.Slice
+			err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &p.Slices, &p.Rows)
+			return s, err
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)

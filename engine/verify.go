@@ -40,6 +40,13 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 	if !ok {
 		return nil, fmt.Errorf("this job cannot verify its output")
 	}
+	check := e.noteReadOnly
+	if repair {
+		check = func(ctx context.Context) error { return e.requireWritable(ctx, "a repair, which writes the rollup,") }
+	}
+	if err := check(ctx); err != nil {
+		return nil, err
+	}
 	if err := e.job.Preflight(ctx, e.db); err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ func addPlanFlags(fs *pflag.FlagSet, cfg *engine.Config) {
 	fs.IntVar(&cfg.MonthsBack, "months-back", cfg.MonthsBack, "only the last N UTC calendar months, the current one included (0 = all history)")
 	fs.BoolVar(&cfg.ForcePartial, "force-partial", false, "accept --months-back although older history stays out of the rollup")
 	fs.BoolVar(&cfg.NewRun, "new-run", false, "plan a fresh run even if an unfinished one exists")
+	fs.DurationVar(&cfg.PlanTimeout, "plan-timeout", cfg.PlanTimeout, "statement_timeout of planning, which reads the whole history (0 = none, whatever the role or database sets)")
 	fs.BoolVar(&cfg.Force, "force", false, "with --new-run: supersede the unfinished run even while other processes work on it (they stop within seconds)")
 }
 

@@ -32,6 +32,10 @@ run is in progress, whichever process or host runs it. With --check it exits
 			if err != nil {
 				return err
 			}
+			if st.ReadOnlyReplica {
+				g.log.Warn("the server is a hot standby (in recovery): this status may lag the primary, " +
+					"and whether processes still work on the run can only be seen on the primary")
+			}
 			if asJSON {
 				enc := json.NewEncoder(g.out)
 				enc.SetIndent("", "  ")
@@ -83,6 +87,9 @@ func printStatus(g *globals, st *checkpoint.Status) {
 			eta = (time.Duration(*st.ETASeconds) * time.Second).Round(time.Second).String()
 		}
 		printf(w, "rate: %.0f rows/s over the last %.0fs, eta %s\n", st.RowsPerSecond, st.RateWindowSeconds, eta)
+	}
+	if st.ReadOnlyReplica {
+		printf(w, "note: read on a hot standby; this may lag the primary\n")
 	}
 	if y := st.YieldingTo; y != nil {
 		how := "waits for"
