@@ -80,7 +80,7 @@ type Controller struct {
 func NewController(l Limits) *Controller {
 	l = l.normal()
 	c := &Controller{limits: l, conc: l.Concurrency, rate: l.Rate, full: l.Rate}
-	c.prev = Decision{EffectiveConcurrency: c.conc, EffectiveRate: c.rate}
+	c.prev, c.prevKey = Decision{EffectiveConcurrency: c.conc, EffectiveRate: c.rate}, Green.String()+" "
 	return c
 }
 
@@ -196,4 +196,3 @@ func (c *Controller) increase() {
 		c.rate = 0 // unlimited again
 	}
 }
-

@@ -58,7 +58,7 @@ func (m *Monitor) Poll(ctx context.Context, q Querier) ([]Reading, error) {
 		if !m.cfg.Enabled(s) {
 			continue
 		}
-		r := m.read(ctx, q, s, now)
+		r := m.read(ctx, q, s)
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("throttle: poll: %w", err)
 		}
@@ -73,7 +73,7 @@ func (m *Monitor) LastPollDuration() time.Duration {
 	return time.Duration(m.lastPoll.Load())
 }
 
-func (m *Monitor) read(ctx context.Context, q Querier, s Signal, now time.Time) Reading {
+func (m *Monitor) read(ctx context.Context, q Querier, s Signal) Reading {
 	if s != ThrottleQuery { // which has its own statement_timeout
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, signalTimeout)
@@ -81,7 +81,7 @@ func (m *Monitor) read(ctx context.Context, q Querier, s Signal, now time.Time) 
 	}
 	switch s {
 	case ReplicaLag:
-		return m.readReplicaLag(ctx, q, now)
+		return m.readReplicaLag(ctx, q)
 	case SlotWAL:
 		return m.readSlotWAL(ctx, q)
 	case ArchiveBacklog:

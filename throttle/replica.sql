@@ -10,6 +10,7 @@ SELECT r.pid,
        pg_wal_lsn_diff(r.replay_lsn, '0/0')::int8 AS replay_pos,
        greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn), 0)::int8 AS waiting,
        extract(epoch FROM r.replay_lag)::float8 AS replay_lag,
+       r.reply_time,
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS privileged,
        quote_ident(current_user) AS role
 FROM pg_stat_replication r

@@ -88,15 +88,46 @@ func settle(r Reading, issues []issue) Reading {
 }
 
 // standbyTrack is what a Monitor remembers of a standby between polls to
-// see a replay that stands still: replay_lag is only measured while replay
-// moves, so a paused or stuck replay keeps showing its last (small) lag,
-// then NULL.
+// see a replay that stands still. PostgreSQL measures replay_lag when the
+// standby replies, and shows NULL or its last value when it cannot measure
+// (replay paused right after an idle spell, no reply for a while), so a
+// stuck replay is also told by its position: unchanged across the
+// standby's replies while WAL waits for it.
 type standbyTrack struct {
-	pos   int64     // replay_lsn as a byte position
-	since time.Time // when pos last moved, or last had nothing to replay
+	pos int64 // replay_lsn as a byte position
+	// seen is the reply time current when a poll first found WAL waiting
+	// for pos; since is the first reply after it still showing pos (zero
+	// until then): the stall is counted from there.
+	seen, since time.Time
 }
 
-func (m *Monitor) readReplicaLag(ctx context.Context, q Querier, now time.Time) Reading {
+// stall says for how long, in seconds, a standby's replies have shown its
+// replay standing at pos while WAL waits for it (waiting > 0 bytes), as of
+// its latest reply. It is measured between the standby's own reply times,
+// from the first reply sent after the WAL was seen waiting (a standby
+// replies as soon as it receives WAL, then every
+// wal_receiver_status_interval, 10 s by default): a position that merely
+// has not been reported since a burst of WAL never counts as stuck, the
+// clocks of the two hosts need not agree, and a stall is seen at most one
+// status interval late when the standby receives nothing new.
+func (m *Monitor) stall(key string, pos, waiting int64, reply time.Time) float64 {
+	tr, ok := m.standbys[key]
+	switch {
+	case !ok || tr.pos != pos || waiting <= 0 || tr.seen.IsZero():
+		tr = standbyTrack{pos: pos}
+		if waiting > 0 {
+			tr.seen = reply
+		}
+	case tr.since.IsZero() && reply.After(tr.seen):
+		tr.since = reply
+	case !tr.since.IsZero():
+		return max(reply.Sub(tr.since).Seconds(), 0)
+	}
+	m.standbys[key] = tr
+	return 0
+}
+
+func (m *Monitor) readReplicaLag(ctx context.Context, q Querier) Reading {
 	limit := m.cfg.MaxReplicaLag
 	r := Reading{Signal: ReplicaLag, Threshold: limit.Seconds(), Unit: "s"}
 	rows, err := q.Query(ctx, replicaSQL)
@@ -109,13 +140,14 @@ func (m *Monitor) readReplicaLag(ctx context.Context, q Querier, now time.Time) 
 		pos        *int64
 		waiting    *int64
 		lag        *float64
+		reply      *time.Time
 		privileged bool
 		role       string
 	}
 	var standbys []standby
 	for rows.Next() {
 		var s standby
-		if err := rows.Scan(&s.pid, &s.name, &s.addr, &s.pos, &s.waiting, &s.lag, &s.privileged, &s.role); err != nil {
+		if err := rows.Scan(&s.pid, &s.name, &s.addr, &s.pos, &s.waiting, &s.lag, &s.reply, &s.privileged, &s.role); err != nil {
 			rows.Close()
 			return unreadable(r, "pg_stat_replication: "+err.Error())
 		}
@@ -131,19 +163,14 @@ func (m *Monitor) readReplicaLag(ctx context.Context, q Querier, now time.Time) 
 			// Only the pid is visible: a standby exists, its lag does not.
 			return unreadable(r, "pg_stat_replication shows standbys but not their positions: "+grant(s.role))
 		}
-		if s.pos == nil {
+		if s.pos == nil || s.reply == nil {
 			// A WAL sender that replays nothing (pg_receivewal) or has
-			// not reported yet: no replay to measure.
+			// not replied yet: no replay to measure.
 			continue
 		}
 		key := fmt.Sprintf("%d %s %s", s.pid, s.name, s.addr)
 		seen[key] = true
-		tr, ok := m.standbys[key]
-		if !ok || tr.pos != *s.pos || s.waiting == nil || *s.waiting == 0 {
-			tr = standbyTrack{pos: *s.pos, since: now}
-			m.standbys[key] = tr
-		}
-		stalled := now.Sub(tr.since).Seconds()
+		stalled := m.stall(key, *s.pos, *s.waiting, *s.reply)
 		lag := 0.0
 		if s.lag != nil {
 			lag = *s.lag
