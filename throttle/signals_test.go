@@ -95,7 +95,7 @@ func TestVacuumHolds(t *testing.T) {
 	}
 	exec(t, c, `INSERT INTO task_usage_hourly (bucket_hour, workspace_id, runtime_id, agent_id, provider, model)
 		SELECT '2026-01-01'::timestamptz + g * interval '1 hour', gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'p', 'm'
-		FROM generate_series(1, 3000) g`)
+		FROM generate_series(1, 100) g`)
 	exec(t, c, `DELETE FROM task_usage_hourly`)
 	exec(t, c, `CREATE TABLE other (x int) WITH (autovacuum_enabled = false)`)
 	exec(t, c, `INSERT INTO other SELECT generate_series(1, 20000)`)
