@@ -286,11 +286,19 @@ func TestArchiveBacklog(t *testing.T) {
 	t.Parallel()
 	t.Run("off", func(t *testing.T) {
 		t.Parallel()
-		c := testenv.Conn(t, pgtest.NewDB(t))
+		// Even a role that may not list the archiver's directory: with
+		// archiving off there is nothing to hide.
+		dbURL := pgtest.NewDB(t)
+		admin := testenv.Conn(t, dbURL)
+		role := fmt.Sprintf("plain_archive_%d", os.Getpid())
+		exec(t, admin, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'pw'`, role))
+		t.Cleanup(func() { admin.Exec(context.Background(), `DROP ROLE `+role) })
+		c := testenv.Conn(t, asUser(t, dbURL, role, "pw"))
 		r := poll(t, monitor(t, throttle.Config{MaxArchiveBacklog: 1}), c)
 		if r.State != throttle.Green || r.Unreadable {
 			t.Fatalf("archive_mode off: %+v, want green", r)
 		}
+		c.Close(context.Background()) // before DROP ROLE
 	})
 	t.Run("failing", func(t *testing.T) {
 		t.Parallel()
