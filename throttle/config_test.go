@@ -84,12 +84,13 @@ func TestStallIsMeasuredBetweenReplies(t *testing.T) {
 		reply        float64
 		want         float64
 	}{
-		{100, 0, 0, 0},  // caught up
-		{100, 50, 0, 0}, // a burst, not yet replied to
-		{100, 50, 0, 0}, // still no newer reply: not stuck
-		{150, 0, 1, 0},  // replayed
-		{150, 80, 2, 0}, // new WAL, replay paused
-		{150, 80, 3, 0}, // the first reply since: the clock starts
+		{100, 0, 0, 0},    // caught up
+		{100, 50, 0, 0},   // a burst, not yet replied to
+		{100, 50, 0, 0},   // still no newer reply: not stuck
+		{100, 50, 0.5, 0}, // the first reply since: the clock starts
+		{150, 0, 1, 0},    // replayed
+		{150, 80, 2, 0},   // new WAL, replay paused
+		{150, 80, 3, 0},   // the first reply since: the clock starts
 		{150, 120, 6.5, 3.5},
 		{160, 110, 7, 0}, // moving again
 		{160, 0, 20, 0},  // idle for long: not a stall
