@@ -1,0 +1,198 @@
+package throttle
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Constants of the [Controller]'s additive increase, multiplicative
+// decrease; doc.go says why.
+const (
+	// GreenPolls is how many green polls in a row add back one step.
+	GreenPolls = 3
+	// RateStep is one step of rate, as a fraction of the full rate; it is
+	// also the lowest fraction a red signal cuts the rate to.
+	RateStep = 0.10
+	// DecreaseInterval is the least time between two halvings while a
+	// signal stays red: the database needs a while to show the effect of
+	// the last cut (a standby to replay, a slot consumer to catch up).
+	DecreaseInterval = 10 * time.Second
+)
+
+// Limits are a process's configured pace, as the operator set it (flags,
+// then `set` at runtime).
+type Limits struct {
+	// Concurrency is the number of workers; below 1 counts as 1.
+	Concurrency int
+	// Rate is slices per second; 0 = unlimited.
+	Rate float64
+}
+
+// Decision is the pace the Controller allows after a poll.
+type Decision struct {
+	// EffectiveConcurrency is how many workers may claim, 1 to the
+	// configured Concurrency.
+	EffectiveConcurrency int
+	// EffectiveRate is slices per second; 0 = unlimited (only when the
+	// configured rate is unlimited and nothing has cut it).
+	EffectiveRate float64
+	// Hold stops new claims: batches in flight finish, leases and locks
+	// are kept.
+	Hold bool
+	// Reason says what holds the pace back; "" when nothing does.
+	Reason string
+	// Changed is true when the pace, the hold or the signals behind them
+	// differ from the previous Decision: log a record then, not every poll.
+	Changed bool
+}
+
+// Controller turns readings into a pace: additive increase,
+// multiplicative decrease. A red reading halves concurrency and rate (at
+// most every DecreaseInterval, never below one worker and RateStep of the
+// full rate); a hold stops new claims (and halves too, so the pace resumes
+// gently); GreenPolls green polls in a row add back one worker and RateStep
+// of the full rate, up to the configured limits.
+//
+// With an unlimited configured rate there is no rate to halve until the
+// caller reports the measured one ([Controller.SetMeasuredRate]): the first
+// cut then limits the rate to half of it, and steps of RateStep of it climb
+// back until the rate is unlimited again. Without a measurement only the
+// concurrency adapts.
+//
+// A Controller is deterministic (time comes in through Observe) and not
+// safe for concurrent use.
+type Controller struct {
+	limits   Limits
+	conc     int
+	rate     float64 // 0 = unlimited
+	full     float64 // the rate the steps are fractions of; 0 = none yet
+	measured float64
+
+	greens  int
+	lastCut time.Time
+	cause   string // what the last cut was for, for the recovering reason
+	prev    Decision
+	prevKey string
+}
+
+// NewController starts at the configured limits.
+func NewController(l Limits) *Controller {
+	l = l.normal()
+	c := &Controller{limits: l, conc: l.Concurrency, rate: l.Rate, full: l.Rate}
+	c.prev, c.prevKey = Decision{EffectiveConcurrency: c.conc, EffectiveRate: c.rate}, Green.String()+" "
+	return c
+}
+
+func (l Limits) normal() Limits {
+	l.Concurrency = max(l.Concurrency, 1)
+	l.Rate = max(l.Rate, 0)
+	return l
+}
+
+// throttled reports whether the pace is below the limits.
+func (c *Controller) throttled() bool {
+	return c.conc < c.limits.Concurrency || (c.rate > 0 && (c.limits.Rate == 0 || c.rate < c.limits.Rate))
+}
+
+// SetLimits applies the operator's new limits. Unthrottled, the pace
+// follows them at once; throttled, it is cut to them if they are lower and
+// otherwise climbs to them step by step, as the signals allow.
+func (c *Controller) SetLimits(l Limits) {
+	l = l.normal()
+	if !c.throttled() {
+		c.limits, c.conc, c.rate, c.full = l, l.Concurrency, l.Rate, l.Rate
+		return
+	}
+	c.limits = l
+	c.conc = min(c.conc, l.Concurrency)
+	if l.Rate > 0 {
+		c.full = l.Rate
+		if c.rate == 0 || c.rate > l.Rate {
+			c.rate = l.Rate
+		}
+	}
+}
+
+// SetMeasuredRate reports the slices per second the process achieves,
+// for a cut of an unlimited rate to start from.
+func (c *Controller) SetMeasuredRate(slicesPerSecond float64) {
+	c.measured = max(slicesPerSecond, 0)
+}
+
+// Observe takes one poll's readings and returns the pace until the next.
+func (c *Controller) Observe(now time.Time, readings []Reading) Decision {
+	worst := Worst(readings)
+	var names, reasons []string
+	for _, r := range readings {
+		if r.State == worst && worst != Green {
+			names = append(names, string(r.Signal))
+			reasons = append(reasons, r.Reason)
+		}
+	}
+	d := Decision{}
+	key := worst.String() + " " + strings.Join(names, ",")
+	switch worst {
+	case Red, Hold:
+		c.greens = 0
+		if c.lastCut.IsZero() || now.Sub(c.lastCut) >= DecreaseInterval {
+			c.decrease()
+			c.lastCut = now
+		}
+		c.cause = strings.Join(names, ", ")
+		d.Hold = worst == Hold
+		d.Reason = strings.Join(reasons, "; ")
+	default:
+		c.greens++
+		if c.greens >= GreenPolls && c.throttled() {
+			c.increase()
+			c.greens = 0
+		}
+		if c.throttled() {
+			d.Reason = fmt.Sprintf("recovering from %s: %s", c.cause, c.pace())
+			key = "recovering"
+		}
+	}
+	d.EffectiveConcurrency, d.EffectiveRate = c.conc, c.rate
+	d.Changed = d.EffectiveConcurrency != c.prev.EffectiveConcurrency ||
+		d.EffectiveRate != c.prev.EffectiveRate || d.Hold != c.prev.Hold || key != c.prevKey
+	c.prev, c.prevKey = d, key
+	return d
+}
+
+// pace describes the effective limits against the configured ones.
+func (c *Controller) pace() string {
+	s := fmt.Sprintf("%d of %d workers", c.conc, c.limits.Concurrency)
+	switch {
+	case c.rate > 0 && c.limits.Rate > 0:
+		s += fmt.Sprintf(", %.3g of %.3g slices/s", c.rate, c.limits.Rate)
+	case c.rate > 0:
+		s += fmt.Sprintf(", %.3g slices/s (unlimited from %.3g)", c.rate, c.full)
+	}
+	return s
+}
+
+func (c *Controller) decrease() {
+	c.conc = max(1, c.conc/2)
+	switch {
+	case c.rate > 0:
+		c.rate = max(c.full*RateStep, c.rate/2)
+	case c.measured > 0: // unlimited so far: start from what it achieves
+		c.full = c.measured
+		c.rate = c.full / 2
+	}
+}
+
+func (c *Controller) increase() {
+	c.conc = min(c.limits.Concurrency, c.conc+1)
+	if c.rate == 0 {
+		return
+	}
+	c.rate += c.full * RateStep
+	switch {
+	case c.limits.Rate > 0:
+		c.rate = min(c.rate, c.limits.Rate)
+	case c.rate >= c.full*(1-RateStep/2): // float steps: back at full
+		c.rate = 0 // unlimited again
+	}
+}
