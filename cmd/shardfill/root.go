@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -160,6 +161,9 @@ func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, 
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
+	if err := g.adaptToPooler(ctx, raw, cfg); err != nil {
+		return nil, connectError(ctx, cfg.ConnConfig.User, cfg.ConnConfig.ConnectTimeout, err)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
@@ -169,6 +173,24 @@ func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, 
 		return nil, connectError(ctx, cfg.ConnConfig.User, cfg.ConnConfig.ConnectTimeout, err)
 	}
 	return pool, nil
+}
+
+// adaptToPooler turns pgx's cache of prepared statements off when the
+// connections go through a transaction pooler (engine.TransactionPooled),
+// unless the URL chose a default_query_exec_mode itself. Everything else
+// works there as it is: every statement of shardfill's that needs its
+// session runs inside one transaction.
+func (g *globals) adaptToPooler(ctx context.Context, raw string, cfg *pgxpool.Config) error {
+	if strings.Contains(raw, "default_query_exec_mode") {
+		return nil
+	}
+	pooled, err := engine.TransactionPooled(ctx, cfg.ConnConfig)
+	if err != nil || !pooled {
+		return err
+	}
+	g.log.Info("the connections go through a transaction pooler: prepared statements are off")
+	cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	return nil
 }
 
 // connectError says why the first connection failed in the operator's
