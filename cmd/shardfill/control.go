@@ -72,6 +72,26 @@ func steerable(run *checkpoint.Run) error {
 	return nil
 }
 
+// steer applies change to the run runID (or the latest) in its control
+// record, as by (default user@host), refusing a run that no longer takes
+// control.
+func steer(ctx context.Context, g *globals, runID int64, by string,
+	change func(store *checkpoint.Store, run *checkpoint.Run, by string) (*checkpoint.Control, error)) (*checkpoint.Run, *checkpoint.Control, string, error) {
+	pool, store, run, err := openRun(ctx, g, runID, true)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer pool.Close()
+	if err := steerable(run); err != nil {
+		return nil, nil, "", err
+	}
+	if by == "" {
+		by = operator()
+	}
+	ctl, err := change(store, run, by)
+	return run, ctl, by, err
+}
+
 func newPauseCmd(g *globals, pause bool) *cobra.Command {
 	var runID int64
 	var by string
@@ -91,18 +111,9 @@ paused joins it and waits too. ` + "`shardfill status`" + ` shows who paused it 
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			pool, store, run, err := openRun(ctx, g, runID, true)
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			if err := steerable(run); err != nil {
-				return err
-			}
-			if by == "" {
-				by = operator()
-			}
-			ctl, err := store.SetPaused(ctx, run.ID, pause, by)
+			run, ctl, by, err := steer(ctx, g, runID, by, func(store *checkpoint.Store, run *checkpoint.Run, by string) (*checkpoint.Control, error) {
+				return store.SetPaused(ctx, run.ID, pause, by)
+			})
 			if err != nil {
 				return err
 			}
@@ -140,48 +151,33 @@ its --max-concurrency (the connections it sized its pool for).`,
   shardfill set --concurrency 2 --sleep-between-slices 50ms`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The values are checked by the engine's one validation, as
+			// the flags of run are.
 			fs := cmd.Flags()
 			var l checkpoint.Limits
+			cfg := engine.DefaultConfig()
 			if fs.Changed("rate") {
-				if rate < 0 {
-					return usageError{fmt.Errorf("--rate must be 0 (no limit) or positive, got %v", rate)}
-				}
-				l.Rate = &rate
+				l.Rate, cfg.Rate = &rate, rate
 			}
 			if fs.Changed("burst") {
-				if burst < 1 {
-					return usageError{fmt.Errorf("--burst must be at least 1, got %d", burst)}
-				}
-				l.Burst = &burst
+				l.Burst, cfg.Burst = &burst, burst
 			}
 			if fs.Changed("concurrency") {
-				if concurrency < 1 {
-					return usageError{fmt.Errorf("--concurrency must be at least 1, got %d", concurrency)}
-				}
-				l.Concurrency = &concurrency
+				l.Concurrency, cfg.Concurrency = &concurrency, concurrency
 			}
 			if fs.Changed("sleep-between-slices") {
-				if sleep < 0 {
-					return usageError{fmt.Errorf("--sleep-between-slices must not be negative, got %s", sleep)}
-				}
-				l.SleepBetweenSlices = &sleep
+				l.SleepBetweenSlices, cfg.SleepBetweenSlices = &sleep, sleep
 			}
 			if l == (checkpoint.Limits{}) {
 				return usageError{errors.New("nothing to set: give --rate, --burst, --concurrency or --sleep-between-slices")}
 			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
-			pool, store, run, err := openRun(ctx, g, runID, true)
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			if err := steerable(run); err != nil {
-				return err
-			}
-			if by == "" {
-				by = operator()
-			}
-			ctl, err := store.SetLimits(ctx, run.ID, l, by)
+			run, ctl, by, err := steer(ctx, g, runID, by, func(store *checkpoint.Store, run *checkpoint.Run, by string) (*checkpoint.Control, error) {
+				return store.SetLimits(ctx, run.ID, l, by)
+			})
 			if err != nil {
 				return err
 			}
