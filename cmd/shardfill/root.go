@@ -30,6 +30,13 @@ const defaultDatabaseURL = "postgres://multica:multica@localhost:5432/multica?ss
 // must not hang the command forever.
 const defaultConnectTimeout = 10 * time.Second
 
+// defaultDatabaseURLShown is the default URL as help shows it, password
+// hidden.
+func defaultDatabaseURLShown() string {
+	u, _ := url.Parse(defaultDatabaseURL) // a constant that parses
+	return u.Redacted()
+}
+
 // globals are the flags every command shares, and the output they write to.
 type globals struct {
 	databaseURL string
@@ -72,7 +79,7 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.databaseURL, "database-url", "",
-		"target database (default $DATABASE_URL, else the libpq PG* variables, else "+redactURL(defaultDatabaseURL)+")")
+		"target database (default $DATABASE_URL, else the libpq PG* variables, else "+defaultDatabaseURLShown()+")")
 	pf.StringVar(&g.schema, "schema", "shardfill", "schema of shardfill's checkpoint tables (created on first use)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "structured logs on stderr: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "least level logged: debug, info, warn or error")
@@ -226,18 +233,6 @@ func multipleAt(raw string) bool {
 func (g *globals) addSecret(s string) {
 	g.out.Add(s)
 	g.errOut.Add(s)
-}
-
-// redactURL hides the password of a connection URL for display.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
 }
 
 // newEngine connects and builds an engine for the checkpoint schema.
