@@ -121,7 +121,7 @@ against one database at once: they share the run.`,
 	fs.BoolVar(&noProgress, "no-progress", false, "no progress bar (progress records are still logged)")
 	fs.DurationVar(&progressInterval, "progress-interval", progressInterval, "how often a progress record is logged")
 	fs.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics and /healthz (port 0: a free one, logged)")
-	fs.IntVar(&cfg.MaxConcurrency, "max-concurrency", cfg.MaxConcurrency, "most workers `shardfill set --concurrency` may raise this process to; sizes the connection pool (0 = max(--concurrency, 32))")
+	fs.IntVar(&cfg.MaxConcurrency, "max-concurrency", cfg.MaxConcurrency, "most workers shardfill set --concurrency may raise this process to; sizes the connection pool (0 = max(--concurrency, 32))")
 	addPlanFlags(fs, &cfg)
 	return cmd
 }
