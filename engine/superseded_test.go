@@ -167,3 +167,54 @@ func TestOnlyTheStamperStampsAndNobodyCriesWolf(t *testing.T) {
 	}
 	testenv.RequireOracle(t, testenv.Pool(t, url))
 }
+
+// slowPlanJob's planning takes a minute: long enough for a test to lose
+// the lock connection in the middle of it.
+type slowPlanJob struct{ job.Hourly }
+
+func (s *slowPlanJob) PlanSQL() string {
+	return `SELECT p.* FROM (` + s.Hourly.PlanSQL() + `) p CROSS JOIN (SELECT pg_sleep(60)) s`
+}
+
+// The lock connection is watched from the moment the lock is taken, during
+// planning too: should it die there, the run stops within seconds with the
+// lock lost, rather than plan on (and work) unprotected.
+func TestLockWatchedDuringPlanning(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	pool := testenv.Pool(t, url)
+	e := testenv.Engine(t, url, &slowPlanJob{}, engine.Config{})
+	end := make(chan error, 1)
+	go func() {
+		_, err := e.Run(context.Background())
+		end <- err
+	}()
+	// The planning statement runs on a pool connection; the lock
+	// connection is the one holding the cron lock, idle in its transaction.
+	var lockPID int
+	deadline := time.Now().Add(30 * time.Second)
+	for lockPID == 0 && time.Now().Before(deadline) {
+		_ = pool.QueryRow(context.Background(), `SELECT l.pid FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1 AND l.granted
+			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			  AND EXISTS (SELECT FROM pg_stat_activity a WHERE a.query LIKE '%pg_sleep(60)%' AND a.state = 'active' AND a.datname = current_database())`).Scan(&lockPID)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lockPID == 0 {
+		t.Fatal("never saw the run planning while holding the cron lock")
+	}
+	if _, err := pool.Exec(context.Background(), `SELECT pg_terminate_backend($1)`, lockPID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-end:
+		if !errors.Is(err, engine.ErrLockLost) {
+			t.Fatalf("run after its lock connection died mid-planning: %v, want ErrLockLost", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the run still plans 15 s after its lock connection died")
+	}
+	if !testenv.TryCronLock(t, url) {
+		t.Error("the cron lock is still held after the run stopped")
+	}
+}
