@@ -49,11 +49,11 @@ type Metrics struct {
 	liveProcs    prometheus.Gauge
 	lastObserved prometheus.Gauge
 
-	effConc      prometheus.Gauge
-	effRate      prometheus.Gauge
-	signal       *prometheus.GaugeVec // by signal: its last value
-	threshold    *prometheus.GaugeVec // by signal
-	pollSeconds  prometheus.Gauge
+	effConc     prometheus.Gauge
+	effRate     prometheus.Gauge
+	signal      *prometheus.GaugeVec // by signal: its last value
+	threshold   *prometheus.GaugeVec // by signal
+	pollSeconds prometheus.Gauge
 
 	mu      sync.Mutex
 	held    map[string]bool // holds of the gate but the health throttle's, by key

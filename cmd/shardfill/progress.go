@@ -51,7 +51,7 @@ type progress struct {
 	rowsThisProc int64
 	began        time.Time
 	applied      *engine.Applied
-	healthReason string // the health throttle's, "" when it holds nothing back
+	healthReason string             // the health throttle's, "" when it holds nothing back
 	last         *checkpoint.Status // the latest run-wide read
 }
 
