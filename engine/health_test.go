@@ -73,8 +73,8 @@ func TestBlockedSessionBacksOff(t *testing.T) {
 	var mu sync.Mutex
 	var decisions []throttle.Decision
 	var done atomic.Int64
-	hcfg := throttle.Config{MaxBlocked: time.Second, PollInterval: 200 * time.Millisecond} // ApplicationName: read from the pool
-	e := testenv.Engine(t, u.String(), j, engine.Config{NewRun: true, Concurrency: 4, BatchSlices: 1, Health: hcfg,
+	hcfg := throttle.Config{MaxBlocked: time.Second, PollInterval: 200 * time.Millisecond}                                    // ApplicationName: read from the pool
+	e := testenv.Engine(t, u.String(), j, engine.Config{NewRun: true, Concurrency: 4, BatchSlices: 1, Rate: 20, Health: hcfg, // slow enough to outlast the hold
 		OnEvent: func(ev engine.Event) {
 			switch ev.Kind {
 			case engine.SliceDone:
