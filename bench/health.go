@@ -23,10 +23,10 @@ const ScenarioHealth = "health"
 type HealthConfig struct {
 	// Concurrency of the runs. Default 2.
 	Concurrency int
-	// Pause is how long the standby's replay stays paused. Default 15 s.
+	// Pause is how long the standby's replay stays paused. Default 10 s.
 	Pause time.Duration
 	// MaxReplicaLag is the run's --max-replica-lag in the paused-replay
-	// run. Default 2 s (the standby reports every second).
+	// run. Default 1 s (the standby reports every second).
 	MaxReplicaLag time.Duration
 	// Polls is how many polls the direct measurement times. Default 50.
 	Polls int
@@ -34,8 +34,11 @@ type HealthConfig struct {
 
 // DefaultHealth is the health scenario's default.
 func DefaultHealth() HealthConfig {
-	return HealthConfig{Concurrency: 2, Pause: 15 * time.Second, MaxReplicaLag: 2 * time.Second, Polls: 50}
+	return HealthConfig{Concurrency: 2, Pause: 10 * time.Second, MaxReplicaLag: time.Second, Polls: 50}
 }
+
+// PacedRun is about how long the paused-replay run lasts unpaused.
+const PacedRun = 20 * time.Second
 
 // healthOff turns every health signal off.
 var healthOff = []string{"--max-replica-lag", "0", "--max-slot-wal", "0", "--max-archive-backlog", "0",
@@ -100,7 +103,7 @@ func (h *Harness) Health(ctx context.Context, srv *pgserver.Server, db *DB, cfg 
 		100*(on.Wall.Seconds()/off.Wall.Seconds()-1))
 	out = append(out, on)
 
-	paused, err := h.pausedReplay(ctx, srv, db, cfg, off.Wall)
+	paused, err := h.pausedReplay(ctx, srv, db, cfg, off.Slices)
 	if err != nil {
 		return out, err
 	}
@@ -109,7 +112,11 @@ func (h *Harness) Health(ctx context.Context, srv *pgserver.Server, db *DB, cfg 
 
 // pausedReplay runs with a streaming standby whose replay is paused for
 // cfg.Pause once a fifth of the slices are done.
-func (h *Harness) pausedReplay(ctx context.Context, srv *pgserver.Server, db *DB, cfg HealthConfig, baseline time.Duration) (Result, error) {
+//
+// The run is paced (--rate) to last about PacedRun whatever the data set's
+// size, so that the pause falls mid-run; slices is the data set's slice
+// count.
+func (h *Harness) pausedReplay(ctx context.Context, srv *pgserver.Server, db *DB, cfg HealthConfig, slices int64) (Result, error) {
 	// The standby inherits the primary's configuration: it reports its
 	// replay position every second, so a stall shows within a second.
 	admin, err := pgx.Connect(ctx, srv.AdminURL())
@@ -137,6 +144,8 @@ func (h *Harness) pausedReplay(ctx context.Context, srv *pgserver.Server, db *DB
 	}
 
 	variant := fmt.Sprintf("replay paused %s", cfg.Pause)
+	rate := max(float64(slices)/PacedRun.Seconds(), 1)
+	burst := max(int(rate/10), 1)
 	h.logf("health: %s", variant)
 	type ended struct {
 		p   Proc
@@ -144,7 +153,8 @@ func (h *Harness) pausedReplay(ctx context.Context, srv *pgserver.Server, db *DB
 	}
 	end := make(chan ended, 1)
 	go func() {
-		p, err := h.RunBinary(ctx, db.URL, "health-paused", "run", "--concurrency", strconv.Itoa(cfg.Concurrency), "--rate", "0",
+		p, err := h.RunBinary(ctx, db.URL, "health-paused", "run", "--concurrency", strconv.Itoa(cfg.Concurrency),
+			"--rate", strconv.FormatFloat(rate, 'f', 1, 64), "--burst", strconv.Itoa(burst),
 			"--no-progress", "--new-run", "--max-replica-lag", cfg.MaxReplicaLag.String())
 		end <- ended{p, err}
 	}()
@@ -209,10 +219,10 @@ func (h *Harness) pausedReplay(ctx context.Context, srv *pgserver.Server, db *DB
 		return res, err
 	}
 	res.Verified = true
-	res.Note = fmt.Sprintf("--max-replica-lag %s: held %s after the pause, held %s (%d slices of batches in flight finished meanwhile), "+
-		"first slice %s after the resume; %s longer than the run with every signal off",
-		cfg.MaxReplicaLag, heldAt.Sub(pausedAt).Round(100*time.Millisecond), resumedAt.Sub(heldAt).Round(100*time.Millisecond),
-		doneBeforeResume-doneAtHold, pickedUp.Round(100*time.Millisecond), (res.Wall - baseline).Round(100*time.Millisecond))
+	res.Note = fmt.Sprintf("paced to ~%s (--rate %.1f --burst %d), --max-replica-lag %s: held %s after the pause, held %s "+
+		"(%d slices of batches in flight finished meanwhile), first slice %s after the resume; %s over the paced %s",
+		PacedRun, rate, burst, cfg.MaxReplicaLag, heldAt.Sub(pausedAt).Round(100*time.Millisecond), resumedAt.Sub(heldAt).Round(100*time.Millisecond),
+		doneBeforeResume-doneAtHold, pickedUp.Round(100*time.Millisecond), (res.Wall - PacedRun).Round(100*time.Millisecond), PacedRun)
 	h.logf("health: %s", res.Note)
 	return res, nil
 }
