@@ -386,3 +386,21 @@ func TestRunUnprivilegedReplicaLag(t *testing.T) {
 	}
 	testenv.RequireOracle(t, testenv.Pool(t, url))
 }
+
+// Bad health flags are usage errors, refused before connecting.
+func TestHealthFlagsUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"run", "--max-slot-wal", "10XB"},
+		{"run", "--max-slot-wal", "-1GB"},
+		{"run", "--max-replica-lag", "-1s"},
+		{"run", "--max-blocked", "-5s"},
+		{"run", "--max-archive-backlog", "-1"},
+		{"run", "--hold-on-vacuum=maybe"},
+	} {
+		code, out := cli(t, append(args, "--database-url", "postgres://nobody@127.0.0.1:1/none")...)
+		if code != 2 || !strings.Contains(out, args[1][:strings.IndexAny(args[1]+"=", "=")]) {
+			t.Errorf("%v: exit %d, want 2 naming the flag\n%s", args, code, out)
+		}
+	}
+}
