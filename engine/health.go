@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -193,7 +194,7 @@ func (h *health) logTransition(d throttle.Decision, readings []throttle.Reading)
 		}
 	}
 	attrs := []any{"run", h.ctl.runID, "signals", strings.Join(signals, ","), "reason", d.Reason,
-		"effective_concurrency", d.EffectiveConcurrency, "effective_rate", d.EffectiveRate}
+		"effective_concurrency", d.EffectiveConcurrency, "effective_rate", math.Round(d.EffectiveRate*100) / 100}
 	switch {
 	case d.Hold:
 		log.Warn("health: holding, no new claims until it clears (batches in flight finish)", attrs...)
