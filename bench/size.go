@@ -74,7 +74,8 @@ const (
 	ScenarioLatency = "latency"
 	ScenarioSkew    = "skew"
 	ScenarioPlan1M  = "plan1m"
+	// ScenarioHealth is in health.go.
 )
 
 // AllScenarios lists every scenario in the order they run.
-var AllScenarios = []string{ScenarioLatency, ScenarioSkew, ScenarioPlan1M}
+var AllScenarios = []string{ScenarioLatency, ScenarioSkew, ScenarioPlan1M, ScenarioHealth}

@@ -133,6 +133,12 @@ type Process struct {
 	SleepMS            int64         `json:"sleep_between_slices_ms"`
 	State              ProcessState  `json:"state"`
 	Reason             *string       `json:"reason"`
+	// EffectiveConcurrency and EffectiveRate are the pace the process
+	// actually runs at: its limits, lowered by the health throttle
+	// (package throttle) while the database's signals say so. Null from a
+	// process of a version without the throttle.
+	EffectiveConcurrency *int     `json:"effective_concurrency"`
+	EffectiveRate        *float64 `json:"effective_rate"`
 }
 
 // Acknowledge writes p's registry row for run: it applied control version
@@ -141,13 +147,14 @@ type Process struct {
 func (s *Store) Acknowledge(ctx context.Context, runID int64, p Process) error {
 	_, err := s.db.Exec(ctx, s.q(`
 		INSERT INTO _SCHEMA_.process AS p (run_id, owner, host, os_pid, lock_pid, control_version,
-		    rate, burst, concurrency, sleep_between_slices_ms, state, reason)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		    rate, burst, concurrency, sleep_between_slices_ms, state, reason, effective_concurrency, effective_rate)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT (run_id, owner) DO UPDATE SET
 		    host = $3, os_pid = $4, lock_pid = $5, seen_at = now(), control_version = $6,
-		    rate = $7, burst = $8, concurrency = $9, sleep_between_slices_ms = $10, state = $11, reason = $12`),
+		    rate = $7, burst = $8, concurrency = $9, sleep_between_slices_ms = $10, state = $11, reason = $12,
+		    effective_concurrency = $13, effective_rate = $14`),
 		runID, p.Owner, p.Host, p.OSPID, p.LockPID, p.ControlVersion, p.Rate, p.Burst, p.Concurrency,
-		p.SleepBetweenSlices.Milliseconds(), p.State, p.Reason)
+		p.SleepBetweenSlices.Milliseconds(), p.State, p.Reason, p.EffectiveConcurrency, p.EffectiveRate)
 	if err != nil {
 		return fmt.Errorf("acknowledge control of run %d: %w", runID, err)
 	}
@@ -160,7 +167,7 @@ func (s *Store) Acknowledge(ctx context.Context, runID int64, p Process) error {
 func (s *Store) Processes(ctx context.Context, runID int64) ([]Process, error) {
 	rows, err := s.db.Query(ctx, s.q(`
 		SELECT owner, host, os_pid, lock_pid, started_at, seen_at, control_version, rate, burst, concurrency,
-		       sleep_between_slices_ms, state, reason
+		       sleep_between_slices_ms, state, reason, effective_concurrency, effective_rate
 		FROM _SCHEMA_.process p
 		WHERE run_id = $1 AND state <> 'exited' AND `+s.lock.HeldOrAwaitedBy("p.lock_pid")+`
 		ORDER BY started_at, owner`), runID)
@@ -170,7 +177,7 @@ func (s *Store) Processes(ctx context.Context, runID int64) ([]Process, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Process, error) {
 		var p Process
 		err := row.Scan(&p.Owner, &p.Host, &p.OSPID, &p.LockPID, &p.StartedAt, &p.SeenAt, &p.ControlVersion,
-			&p.Rate, &p.Burst, &p.Concurrency, &p.SleepMS, &p.State, &p.Reason)
+			&p.Rate, &p.Burst, &p.Concurrency, &p.SleepMS, &p.State, &p.Reason, &p.EffectiveConcurrency, &p.EffectiveRate)
 		p.SleepBetweenSlices = time.Duration(p.SleepMS) * time.Millisecond
 		return p, err
 	})

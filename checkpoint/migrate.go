@@ -131,8 +131,10 @@ func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
 		   AND EXISTS (SELECT FROM pg_attribute
 		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)
 		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($2) AND attname = 'cause' AND NOT attisdropped)`,
-		qualified, s.ident+".slice").Scan(&complete)
+		               WHERE attrelid = to_regclass($2) AND attname = 'cause' AND NOT attisdropped)
+		   AND EXISTS (SELECT FROM pg_attribute
+		               WHERE attrelid = to_regclass($3) AND attname = 'effective_rate' AND NOT attisdropped)`,
+		qualified, s.ident+".slice", s.ident+".process").Scan(&complete)
 	return complete, err
 }
 

@@ -116,3 +116,8 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.process (
     reason                  text,
     PRIMARY KEY (run_id, owner)
 );
+
+-- The pace a process actually runs at, its limits lowered by the health
+-- throttle (package throttle); registries created before it get it here.
+ALTER TABLE _SCHEMA_.process ADD COLUMN IF NOT EXISTS effective_concurrency integer,
+                             ADD COLUMN IF NOT EXISTS effective_rate double precision;

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/shardfill/shardfill/throttle"
 )
 
 // Defaults of the [Config] fields; the CLI's flags show the same values.
@@ -132,6 +134,26 @@ type Config struct {
 	Owner string
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
+	// Health says which of the database's health signals pace this
+	// process (package throttle: replica lag, slot WAL, archive backlog,
+	// vacuum of the rollup, blocked sessions, the operator's query).
+	// Unlike the other fields, its zero value is not "the defaults": a
+	// zero threshold turns its signal off, as in throttle.Config, so a
+	// Config{} literal runs unthrottled. [DefaultConfig] (what the CLI
+	// starts from) carries throttle.DefaultConfig(): every signal on at
+	// its default. Health.ApplicationName, the application_name prefix of
+	// this process's backends that the blocked signal looks for, defaults
+	// to the application_name of the pool's connections (the CLI sets
+	// "shardfill" unless the URL sets one); with none, the blocked signal
+	// is turned off with a warning. Health.Tables defaults to
+	// throttle.DefaultTables. Default: every signal off.
+	Health throttle.Config
+	// HealthExplicit marks the signals the operator set explicitly (a CLI
+	// sets it from the flags on the command line): one of them that this
+	// role cannot read refuses the run at start with a
+	// *throttle.UnreadableError; a signal not marked holds the run at run
+	// time whenever it cannot be read, rather than run blind. Default nil.
+	HealthExplicit map[throttle.Signal]bool
 	// OnEvent, if set, is called for every slice event (from worker
 	// goroutines, so it must be safe for concurrent use). Default nil.
 	OnEvent func(Event)
@@ -144,7 +166,7 @@ func DefaultConfig() Config {
 	return Config{
 		Concurrency: DefaultConcurrency, Burst: DefaultBurst, MaxSliceRows: DefaultMaxSliceRows,
 		BatchRows: DefaultBatchRows, BatchSlices: DefaultBatchSlices, MaxAttempts: DefaultMaxAttempts,
-		Backoff: DefaultBackoff, Lease: DefaultLease,
+		Backoff: DefaultBackoff, Lease: DefaultLease, Health: throttle.DefaultConfig(),
 	}
 }
 
@@ -164,7 +186,20 @@ func (c Config) WithDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Health.HoldOnVacuum && len(c.Health.Tables) == 0 {
+		c.Health.Tables = append([]string(nil), throttle.DefaultTables...)
+	}
 	return c
+}
+
+// healthOn reports whether any health signal is on.
+func (c Config) healthOn() bool {
+	for _, s := range throttle.Signals {
+		if c.Health.Enabled(s) {
+			return true
+		}
+	}
+	return false
 }
 
 func setZero[T comparable](field *T, def T) {
@@ -223,12 +258,27 @@ func (c Config) Validate() error {
 		return bad("LockTimeout", "must be from 0 (server default) to "+CeilingTimeout.String(), c.LockTimeout)
 	case c.PlanTimeout < 0 || c.PlanTimeout > CeilingTimeout:
 		return bad("PlanTimeout", "must be from 0 (none) to "+CeilingTimeout.String(), c.PlanTimeout)
+	case c.healthInvalid() != nil:
+		return &ConfigError{Msg: "{Health}: " + c.healthInvalid().Error()}
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:
 		return &ConfigError{Msg: "{ForcePartial} only makes sense with {MonthsBack}"}
 	}
 	return nil
+}
+
+// healthInvalid checks Health; an empty ApplicationName is filled from
+// the pool's connections when the run starts, so it is not refused here.
+func (c Config) healthInvalid() error {
+	h := c.Health
+	if h.ApplicationName == "" {
+		h.ApplicationName = throttle.DefaultApplicationName
+	}
+	if h.HoldOnVacuum && len(h.Tables) == 0 {
+		h.Tables = throttle.DefaultTables
+	}
+	return h.Validate()
 }
 
 // pgMillis renders d as a PostgreSQL duration setting in whole

@@ -37,6 +37,9 @@ type Applied struct {
 	Paused   bool   // the run is paused
 	PausedBy string // who paused it (when Paused)
 	Holds    []Hold // what holds the gate (pause, throttles); empty when nothing does
+	// Effective is the pace in force: Limits, lowered by the health
+	// throttle while the database's signals say so.
+	Effective Limits
 }
 
 // gate hold keys.
@@ -56,6 +59,11 @@ type controller struct {
 	burst   atomic.Int64 // Burst in effect
 	rated   atomic.Bool  // a rate is in effect
 	pausing atomic.Bool  // paused with batches still in flight, as last acknowledged
+	health  *health      // nil when no health signal is on
+
+	paceMu    sync.Mutex // serialises pace
+	opLimits  Limits     // the operator's limits last applied (paceMu)
+	effective Limits     // the pace in force (paceMu)
 
 	mu      sync.Mutex
 	applied Applied
@@ -69,8 +77,31 @@ func (e *Engine) newController(runID int64, lock *cronLock) *controller {
 	c.sleep.Store(int64(own.SleepBetweenSlices))
 	c.burst.Store(int64(own.Burst))
 	c.rated.Store(own.Rate > 0)
-	c.applied.Limits = own
+	c.applied.Limits, c.applied.Effective = own, own
+	c.opLimits, c.effective = own, own
 	return c
+}
+
+// pace puts in force the operator's limits, lowered by the health
+// throttle: the gate's concurrency and the rate limiter. It returns the
+// pace in force.
+func (c *controller) pace() Limits {
+	c.paceMu.Lock()
+	defer c.paceMu.Unlock()
+	eff := c.opLimits
+	eff.Concurrency, eff.Rate = c.health.effective(c.opLimits)
+	c.limiter.SetLimit(rateLimit(eff.Rate))
+	c.rated.Store(eff.Rate > 0)
+	c.gate.SetLimit(eff.Concurrency)
+	c.effective = eff
+	return eff
+}
+
+// effectiveLimits is the pace in force.
+func (c *controller) effectiveLimits() Limits {
+	c.paceMu.Lock()
+	defer c.paceMu.Unlock()
+	return c.effective
 }
 
 func rateLimit(r float64) rate.Limit {
@@ -147,11 +178,15 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 		lim.Concurrency = max
 	}
 	c.limiter.SetBurst(lim.Burst)
-	c.limiter.SetLimit(rateLimit(lim.Rate))
 	c.burst.Store(int64(lim.Burst))
-	c.rated.Store(lim.Rate > 0)
 	c.sleep.Store(int64(lim.SleepBetweenSlices))
-	c.gate.SetLimit(lim.Concurrency)
+	if c.health != nil {
+		c.health.setLimits(lim)
+	}
+	c.paceMu.Lock()
+	c.opLimits = lim
+	c.paceMu.Unlock()
+	eff := c.pace()
 	pausedBy := ""
 	if ctl.PausedBy != nil {
 		pausedBy = *ctl.PausedBy
@@ -168,7 +203,7 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 
 	c.mu.Lock()
 	prev, first := c.applied, !c.polled
-	c.applied = Applied{Version: ctl.Version, Limits: lim, Paused: ctl.Paused, PausedBy: pausedBy, Holds: c.gate.Holds()}
+	c.applied = Applied{Version: ctl.Version, Limits: lim, Paused: ctl.Paused, PausedBy: pausedBy, Holds: c.gate.Holds(), Effective: eff}
 	c.polled = true
 	now := c.applied
 	c.mu.Unlock()
@@ -188,7 +223,7 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 		log.Info("limits changed", "run", c.runID, "control_version", ctl.Version, "rate", lim.Rate, "burst", lim.Burst,
 			"concurrency", lim.Concurrency, "sleep_between_slices", lim.SleepBetweenSlices.String())
 	}
-	if first || prev.Version != now.Version || prev.Paused != now.Paused || prev.Limits != now.Limits ||
+	if first || prev.Version != now.Version || prev.Paused != now.Paused || prev.Limits != now.Limits || prev.Effective != now.Effective ||
 		!slices.Equal(prev.Holds, now.Holds) {
 		if c.e.cfg.OnEvent != nil {
 			c.e.cfg.OnEvent(Event{Kind: ControlApplied, Applied: &now})
@@ -204,15 +239,22 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 	a := c.applied
 	c.mu.Unlock()
 	holds := c.gate.Holds()
+	var reasons []string
+	heldByHealth := false
+	for _, h := range holds {
+		reasons = append(reasons, h.Reason)
+		heldByHealth = heldByHealth || h.Key == holdHealth
+	}
+	if d := c.health.decision(); d.Reason != "" && !heldByHealth {
+		// Red or recovering: slower, not held; status still says why.
+		reasons = append(reasons, d.Reason)
+	}
 	var reason *string
-	if len(holds) > 0 {
-		reasons := make([]string, len(holds))
-		for i, h := range holds {
-			reasons[i] = h.Reason
-		}
+	if len(reasons) > 0 {
 		r := strings.Join(reasons, "; ")
 		reason = &r
 	}
+	eff := c.effectiveLimits()
 	if state == "" {
 		switch {
 		case a.Paused && c.gate.Inside() > 0:
@@ -231,6 +273,7 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lock.backend(), ControlVersion: a.Version,
 		Rate: a.Limits.Rate, Burst: a.Limits.Burst, Concurrency: a.Limits.Concurrency,
 		SleepBetweenSlices: a.Limits.SleepBetweenSlices, State: state, Reason: reason,
+		EffectiveConcurrency: &eff.Concurrency, EffectiveRate: &eff.Rate,
 	})
 }
 

@@ -8,4 +8,12 @@
 // several processes can hold it at once and share one run. Each slice's
 // rollup rows and its done mark commit in one transaction, so cancelling at
 // any instant loses nothing but the work in flight, which a re-run redoes.
+//
+// Workers pass a [Gate] before each claim. The run's control record
+// (pause, `set`) and the health throttle ([Config.Health], package
+// throttle: polled every 2 s, beside the control record) both act on it
+// and on the rate limiter: the pace in force is the operator's limits,
+// lowered by the throttle while the database's signals say so; a pause and
+// a health hold are separate holds, each with its reason, acknowledged in
+// the process registry for `status`.
 package engine

@@ -13,6 +13,7 @@ import (
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/throttle"
 )
 
 // Job is what the engine asks of the rollup it drives; job.Hourly is the
@@ -53,6 +54,7 @@ const (
 	SliceLost                       // claim taken over by another worker
 	RunStarted                      // the run was planned or resumed (Run, Counts)
 	ControlApplied                  // this process applied the run's control record (Applied)
+	HealthPolled                    // this process read the database's health signals (Health)
 )
 
 // Event reports one slice's progress to the caller (progress bars, metrics).
@@ -69,6 +71,7 @@ type Event struct {
 	Run         *checkpoint.Run   // RunStarted
 	Counts      checkpoint.Counts // RunStarted: slices by state when this process joined
 	Applied     *Applied          // ControlApplied: the limits and holds now in force
+	Health      *Health           // HealthPolled: the readings and the pace they allow
 }
 
 // Engine runs backfills against one database.
@@ -129,6 +132,13 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 	if err := e.job.Preflight(ctx, e.db); err != nil {
 		return nil, err
+	}
+	var mon *throttle.Monitor
+	if !e.cfg.PlanOnly {
+		var err error
+		if mon, err = e.healthPreflight(ctx); err != nil {
+			return nil, err
+		}
 	}
 	rangeFrom, err := e.rangeFrom(ctx)
 	if err != nil {
@@ -217,9 +227,19 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	// The control record is read before any worker starts, so a paused
 	// run claims nothing when joined.
 	ctl := e.newController(run.ID, lock)
+	if mon != nil {
+		ctl.health = e.newHealth(ctl, mon)
+	}
 	defer ctl.exit(ctx)
 	if err := ctl.poll(ctx); err != nil {
 		return res, interrupted(ctx, err)
+	}
+	if ctl.health != nil {
+		// The signals are read once before any worker starts, so a run
+		// that starts on a database in trouble claims nothing.
+		if err := ctl.health.poll(ctx); err != nil {
+			return res, interrupted(ctx, err)
+		}
 	}
 	if err := e.workUntilDone(ctx, lock, ctl, res); err != nil {
 		e.handBack(parent, run.ID, err)

@@ -36,6 +36,9 @@ func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.renew(gctx) })
 	g.Go(func() error { return ctl.run(gctx, w.done) })
+	if ctl.health != nil {
+		g.Go(func() error { return ctl.health.run(gctx, w.done) })
+	}
 	var pool sync.WaitGroup
 	for range e.cfg.MaxConcurrency {
 		pool.Add(1)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/throttle"
 )
 
 // Metrics holds one process's collectors.
@@ -48,8 +49,15 @@ type Metrics struct {
 	liveProcs    prometheus.Gauge
 	lastObserved prometheus.Gauge
 
-	mu   sync.Mutex
-	held map[string]bool
+	effConc     prometheus.Gauge
+	effRate     prometheus.Gauge
+	signal      *prometheus.GaugeVec // by signal: its last value
+	threshold   *prometheus.GaugeVec // by signal
+	pollSeconds prometheus.Gauge
+
+	mu      sync.Mutex
+	held    map[string]bool // holds of the gate but the health throttle's, by key
+	signals map[string]bool // health signals not green, by name
 }
 
 // New returns the collectors, registered in a registry of their own.
@@ -66,7 +74,7 @@ func New() *Metrics {
 		f(g)
 		return g
 	}
-	m := &Metrics{reg: reg, held: map[string]bool{}}
+	m := &Metrics{reg: reg, held: map[string]bool{}, signals: map[string]bool{}}
 	m.slicesDone = counter("shardfill_slices_done_total", "Slices this process completed (committed with their done mark).")
 	m.rowsWritten = counter("shardfill_rows_written_total", "Rollup rows this process wrote.")
 	m.sourceRows = counter("shardfill_source_rows_done_total", "Raw rows (as planned) of the slices this process completed.")
@@ -94,6 +102,17 @@ func New() *Metrics {
 	m.rate = gauge("shardfill_limit_rate", "Rate limit in effect in this process, slices per second (0 = no limit).")
 	m.burst = gauge("shardfill_limit_burst", "Rate limiter burst in effect in this process.")
 	m.concurrency = gauge("shardfill_limit_concurrency", "Workers this process lets claim at once.")
+	m.effConc = gauge("shardfill_effective_concurrency", "Workers this process lets claim at once after the health throttle (at most shardfill_limit_concurrency).")
+	m.effRate = gauge("shardfill_effective_rate", "Rate in effect in this process after the health throttle, slices per second (0 = no limit).")
+	m.signal = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shardfill_health_signal", Help: "Each health signal's last reading, in its unit (replica_lag s, slot_wal bytes, archive_backlog segments, vacuum vacuums, blocked s, throttle_query 1 when it gave a reason); 0 when unreadable.",
+	}, []string{"signal"})
+	f(m.signal)
+	m.threshold = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shardfill_health_threshold", Help: "Each health signal's threshold, in its unit: red above it, hold above twice it (0 for vacuum and the throttle query).",
+	}, []string{"signal"})
+	f(m.threshold)
+	m.pollSeconds = gauge("shardfill_health_poll_seconds", "How long the last read of the health signals took.")
 	m.controlVer = gauge("shardfill_control_version", "Version of the run's control record this process applied.")
 	m.liveProcs = gauge("shardfill_run_live_processes", "Live processes working on the run.")
 	m.lastObserved = gauge("shardfill_run_observed_timestamp_seconds", "When the run-wide gauges were last read from the checkpoint tables.")
@@ -138,9 +157,14 @@ func (m *Metrics) Event(ev engine.Event) {
 		m.concurrency.Set(float64(a.Limits.Concurrency))
 		m.controlVer.Set(float64(a.Version))
 		m.paused.Set(boolf(a.Paused))
+		m.effConc.Set(float64(a.Effective.Concurrency))
+		m.effRate.Set(a.Effective.Rate)
 		m.mu.Lock()
 		now := map[string]bool{}
 		for _, h := range a.Holds {
+			if h.Key == "throttle" {
+				continue // the health throttle's: labelled by signal (HealthPolled)
+			}
 			now[h.Key] = true
 			m.throttled.WithLabelValues(h.Key).Set(1)
 		}
@@ -150,6 +174,29 @@ func (m *Metrics) Event(ev engine.Event) {
 			}
 		}
 		m.held = now
+		m.mu.Unlock()
+	case engine.HealthPolled:
+		h := ev.Health
+		m.pollSeconds.Set(h.PollDuration.Seconds())
+		m.effConc.Set(float64(h.Decision.EffectiveConcurrency))
+		m.effRate.Set(h.Decision.EffectiveRate)
+		m.mu.Lock()
+		now := map[string]bool{}
+		for _, r := range h.Readings {
+			name := string(r.Signal)
+			m.signal.WithLabelValues(name).Set(r.Value)
+			m.threshold.WithLabelValues(name).Set(r.Threshold)
+			if r.State != throttle.Green {
+				now[name] = true
+				m.throttled.WithLabelValues(name).Set(1)
+			}
+		}
+		for k := range m.signals {
+			if !now[k] {
+				m.throttled.WithLabelValues(k).Set(0)
+			}
+		}
+		m.signals = now
 		m.mu.Unlock()
 	}
 }

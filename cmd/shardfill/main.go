@@ -14,6 +14,7 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/throttle"
 )
 
 func main() {
@@ -98,12 +99,13 @@ func exitCode(err error) int {
 	var cfgErr *engine.ConfigError
 	var stale *engine.StaleRunError
 	var usage usageError
+	var unreadable *throttle.UnreadableError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, engine.ErrInterrupted), errors.Is(err, context.Canceled):
 		return 130
-	case errors.As(err, &cfgErr), errors.As(err, &stale), errors.As(err, &usage):
+	case errors.As(err, &cfgErr), errors.As(err, &stale), errors.As(err, &usage), errors.As(err, &unreadable):
 		return 2
 	default:
 		return 1

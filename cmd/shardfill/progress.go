@@ -51,6 +51,7 @@ type progress struct {
 	rowsThisProc int64
 	began        time.Time
 	applied      *engine.Applied
+	healthReason string             // the health throttle's, "" when it holds nothing back
 	last         *checkpoint.Status // the latest run-wide read
 }
 
@@ -104,6 +105,8 @@ func (p *progress) event(ev engine.Event) {
 		p.retries++
 	case engine.ControlApplied:
 		p.applied = ev.Applied
+	case engine.HealthPolled:
+		p.healthReason = ev.Health.Decision.Reason
 	}
 }
 
@@ -203,6 +206,10 @@ func (p *progress) figures() (figures, bool) {
 		if len(a.Holds) > 0 {
 			f.throttle = &a.Holds[0].Reason
 		}
+	}
+	if f.throttle == nil && p.healthReason != "" {
+		r := p.healthReason
+		f.throttle = &r
 	}
 	if st := p.last; st != nil {
 		// Run-wide: every process of the run counts.

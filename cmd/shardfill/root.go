@@ -164,6 +164,7 @@ func (g *globals) connect(ctx context.Context, concurrency int) (*pgxpool.Pool, 
 		return nil, usageError{fmt.Errorf("invalid database URL: %w", err)}
 	}
 	g.addSecret(cfg.ConnConfig.Password)
+	defaultApplicationName(cfg.ConnConfig)
 	cfg.MaxConns = int32(concurrency + 3)
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout

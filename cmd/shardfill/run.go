@@ -32,6 +32,7 @@ func newRunCmd(g *globals) *cobra.Command {
 	var dryRun, noProgress bool
 	var metricsAddr string
 	progressInterval := DefaultProgressInterval
+	var hf *healthFlags
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Plan (or resume) the backfill and execute it",
@@ -43,6 +44,9 @@ against one database at once: they share the run.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.MonthsBackGiven = cmd.Flags().Changed("months-back")
+			if err := hf.apply(cmd, &cfg); err != nil {
+				return err
+			}
 			if dryRun {
 				return printPlan(cmd, g, cfg)
 			}
@@ -123,6 +127,7 @@ against one database at once: they share the run.`,
 	fs.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics and /healthz (port 0: a free one, logged)")
 	fs.IntVar(&cfg.MaxConcurrency, "max-concurrency", cfg.MaxConcurrency, "most workers shardfill set --concurrency may raise this process to; sizes the connection pool (0 = max(--concurrency, 32))")
 	addPlanFlags(fs, &cfg)
+	hf = addHealthFlags(fs, &cfg)
 	return cmd
 }
 

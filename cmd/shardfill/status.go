@@ -99,7 +99,14 @@ func printStatus(g *globals, st *checkpoint.Status) {
 		printf(w, "yielding: pid %d (%s) %s the cron lock; work resumes when it is done\n", y.PID, y.ApplicationName, how)
 	}
 	for _, p := range st.Processes {
-		lim := fmt.Sprintf("concurrency %d, rate %s, burst %d, sleep %s", p.Concurrency, rateText(p.Rate), p.Burst, p.SleepBetweenSlices)
+		conc, rate := fmt.Sprint(p.Concurrency), rateText(p.Rate)
+		if e := p.EffectiveConcurrency; e != nil && *e != p.Concurrency {
+			conc = fmt.Sprintf("%d of %d", *e, p.Concurrency)
+		}
+		if e := p.EffectiveRate; e != nil && *e != p.Rate {
+			rate = fmt.Sprintf("%s (limit %s)", rateText(*e), rate)
+		}
+		lim := fmt.Sprintf("concurrency %s, rate %s, burst %d, sleep %s", conc, rate, p.Burst, p.SleepBetweenSlices)
 		reason := ""
 		if p.Reason != nil {
 			reason = " (" + *p.Reason + ")"
