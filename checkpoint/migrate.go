@@ -56,8 +56,10 @@ func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
 	err := tx.QueryRow(ctx, `
 		SELECT (SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n)
 		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)`,
-		qualified, s.ident+".slice").Scan(&complete)
+		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)
+		   AND EXISTS (SELECT FROM pg_attribute
+		               WHERE attrelid = to_regclass($3) AND attname = 'planning_ended_at' AND NOT attisdropped)`,
+		qualified, s.ident+".slice", s.ident+".run").Scan(&complete)
 	return complete, err
 }
 

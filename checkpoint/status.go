@@ -44,6 +44,11 @@ type Status struct {
 	WatermarkAt     *time.Time    `json:"watermark_at"` // when this run stamped; null until then
 	LastError       *string       `json:"last_error"`
 	FailedSlices    []FailedSlice `json:"failed_slices"`
+
+	// Planning: the run is still being planned piece by piece, so the
+	// totals (slices_total, rows_total) count the pieces planned so far,
+	// and the ETA is that of those.
+	Planning bool `json:"planning"`
 }
 
 // Status reads run's progress. The rate is measured over the slices
@@ -60,6 +65,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		RowsTotal: run.RowsTotal, RowsDone: c.RowsDone, WatermarkTarget: run.WatermarkTarget, LastError: run.LastError,
 		FailedSlices: []FailedSlice{}, Owners: []string{},
 	}
+	st.Planning = !run.PlanningDone && !run.Finished()
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
 	}

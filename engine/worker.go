@@ -116,7 +116,7 @@ func (w *workers) loop(ctx context.Context) error {
 			if err != nil || !more {
 				return err
 			}
-			if err := sleep(ctx, pollInterval); err != nil {
+			if err := idle(ctx, pollInterval); err != nil {
 				return err
 			}
 			continue

@@ -33,6 +33,7 @@ type progress struct {
 	retries      int64
 	rowsThisProc int64
 	began        time.Time
+	planning     bool // totals count the pieces planned so far
 }
 
 func newProgress(w io.Writer, enabled bool) *progress {
@@ -53,6 +54,7 @@ func (p *progress) event(ev engine.Event) {
 	switch ev.Kind {
 	case engine.RunStarted:
 		p.runID, p.totalSlices, p.totalRows = ev.Run.ID, ev.Counts.Total, ev.Run.RowsTotal
+		p.planning = !ev.Run.PlanningDone
 		p.doneSlices, p.doneRows, p.began = ev.Counts.Done, ev.Counts.RowsDone, time.Now()
 		if p.enabled && isTerminal(p.w) {
 			p.bar = progressbar.NewOptions64(max(p.totalRows, 1),
@@ -66,6 +68,13 @@ func (p *progress) event(ev engine.Event) {
 				progressbar.OptionClearOnFinish(),
 			)
 			_ = p.bar.Set64(p.doneRows)
+		}
+	case engine.PiecePlanned:
+		// Planning goes on beside the work: the totals grow with it.
+		p.planning = !ev.Run.PlanningDone
+		p.totalSlices, p.totalRows = max(p.totalSlices, ev.Run.SlicesTotal), max(p.totalRows, ev.Run.RowsTotal)
+		if p.bar != nil {
+			p.bar.ChangeMax64(max(p.totalRows, 1))
 		}
 	case engine.SliceDone:
 		p.doneSlices++
@@ -123,8 +132,12 @@ func (p *progress) line() {
 	if rate > 0 {
 		eta = (time.Duration(float64(p.totalRows-p.doneRows)/rate) * time.Second).Round(time.Second).String()
 	}
-	fmt.Fprintf(p.w, "progress run %d: %d/%d slices, %d/%d rows (%.0f%%), %.0f rows/s, %d failed, %d retries, eta %s\n",
-		p.runID, p.doneSlices, p.totalSlices, p.doneRows, p.totalRows,
+	planned := ""
+	if p.planning {
+		planned = " (planned so far)"
+	}
+	fmt.Fprintf(p.w, "progress run %d: %d/%d slices%s, %d/%d rows (%.0f%%), %.0f rows/s, %d failed, %d retries, eta %s\n",
+		p.runID, p.doneSlices, p.totalSlices, planned, p.doneRows, p.totalRows,
 		100*float64(p.doneRows)/float64(max(p.totalRows, 1)), rate, p.failed, p.retries, eta)
 }
 
