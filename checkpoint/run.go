@@ -316,6 +316,9 @@ func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL
 			scale = float64(monthsFrom(*floor, *top)+1) / float64(monthsFrom(next, *top)+1)
 		}
 	}
+	if !last && cursor.InfinityModifier == pgtype.Finite && !from.Time.Before(cursor.Time) {
+		return false, fmt.Errorf("run %d: planning does not move: piece %d would start at %s, its cursor is %s", runID, pieces, from.Time, cursor.Time)
+	}
 	// Planning reads raw rows before any worker can start on them: the one
 	// statement where the server's parallel workers pay. INSERT … SELECT
 	// never runs in parallel and CREATE TABLE … AS may, so the piece's
