@@ -63,3 +63,23 @@ func ServerCPU(ctx context.Context, db *DB) time.Duration {
 	}
 	return time.Duration(ticks) * time.Second / clockTicks
 }
+
+// waitBackendsGone waits (at most two seconds) until no other session is
+// connected to db: the backends of a process that just exited end on
+// their own time, and their CPU only counts once the postmaster reaped
+// them.
+func waitBackendsGone(ctx context.Context, db *DB) {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND backend_type = 'client backend'
+			  AND pid <> ALL (SELECT pg_backend_pid())
+`).Scan(&n)
+		if err != nil || int32(n) <= db.Pool.Stat().TotalConns()-1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the postmaster reaps them
+}

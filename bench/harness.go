@@ -518,6 +518,7 @@ func (h *Harness) Shardfill(ctx context.Context, db *DB, c int) (Result, error) 
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: %w", label, err)
 	}
+	waitBackendsGone(ctx, db)
 	res := Result{Mode: ModeShardfill, Concurrency: c, Wall: p.Wall, Rows: db.UsageRows, MaxRSSKiB: p.MaxRSSKiB, RusageMaxRSSKiB: p.RusageMaxRSSKiB,
 		ServerCPU: ServerCPU(ctx, db) - cpu0, ProcCPU: p.CPU}
 	if err := h.readRun(ctx, db, &res); err != nil {

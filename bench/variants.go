@@ -67,12 +67,19 @@ func configure(ctx context.Context, h *Harness, srv *pgserver.Server, db *DB, v 
 			return err
 		}
 		db.Pool.Reset()
+		var sb, wm string
+		if err := db.Pool.QueryRow(ctx, `SELECT current_setting('shared_buffers'), current_setting('work_mem')`).Scan(&sb, &wm); err != nil {
+			return fmt.Errorf("variant %s: %w", v, err)
+		}
+		h.logf("%s: server restarted for variant %s: shared_buffers %s, work_mem %s", db.Name, v, sb, wm)
 	}
 	if v == VariantShuffled {
 		h.logf("%s: shuffling task_usage (CLUSTER by task_id)", db.Name)
 		start := time.Now()
-		if _, err := db.Pool.Exec(ctx, `CLUSTER task_usage USING idx_task_usage_task; VACUUM (ANALYZE) task_usage`); err != nil {
-			return fmt.Errorf("variant %s: %w", v, err)
+		for _, sql := range []string{`CLUSTER task_usage USING idx_task_usage_task`, `VACUUM (ANALYZE) task_usage`} {
+			if _, err := db.Pool.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("variant %s: %w", v, err)
+			}
 		}
 		var corr float64
 		_ = db.Pool.QueryRow(ctx, `SELECT correlation FROM pg_stats WHERE tablename = 'task_usage' AND attname = 'created_at'`).Scan(&corr)
@@ -208,7 +215,7 @@ func variantsMarkdown(o *options, out []VariantResult, dataSet string, started t
 				target = fmt.Sprintf("≤ %.2f (%s)", t, status)
 			}
 			first = fmt.Sprintf("%.2f s", vr.FirstSlice.Seconds())
-			proc = fmt.Sprintf("%.1f s", vr.ProcCPU.Seconds())
+			proc = fmt.Sprintf("%.2f s", vr.ProcCPU.Seconds())
 			rss = fmtRSS(vr.MaxRSSKiB)
 		}
 		checked := "no"

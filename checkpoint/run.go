@@ -98,8 +98,8 @@ type PlanSpec struct {
 	// BoundsSQL finds where planning in pieces starts and stops: from $1
 	// (RangeFrom, or -infinity) it returns the UTC month starts of the
 	// oldest and newest raw rows, NULL when there are none, and the number
-	// of raw rows counted up to $2 + 1. Empty: the run is planned in one
-	// piece.
+	// of raw rows counted up to $2 + 1, and an estimate of all raw rows.
+	// Empty: the run is planned in one piece.
 	BoundsSQL string
 	// PieceRows: a history of at most this many raw rows is planned in
 	// one piece (it takes a fraction of a second); a larger one in pieces
@@ -206,16 +206,17 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	}
 	if spec.BoundsSQL != "" {
 		var floor, top *time.Time
-		var rows int64
+		var rows, estimate int64
 		pieceRows := spec.PieceRows
 		if pieceRows <= 0 {
 			pieceRows = DefaultPieceRows
 		}
-		if err := tx.QueryRow(ctx, spec.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows); err != nil {
+		if err := tx.QueryRow(ctx, spec.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows, &estimate); err != nil {
 			return nil, fmt.Errorf("plan bounds: %w", err)
 		}
-		if rows > pieceRows {
-			_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3 WHERE id = $1`), id, floor, top)
+		if rows > pieceRows && floor != nil && top != nil {
+			_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3, plan_piece_months = $4 WHERE id = $1`),
+				id, floor, top, minPieceMonths(max(rows, estimate), monthsFrom(*floor, *top)+1, pieceRows))
 			if err != nil {
 				return nil, err
 			}
@@ -230,20 +231,34 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 // DefaultPieceRows is PlanSpec.PieceRows's default.
 const DefaultPieceRows = 200_000
 
-// MaxPieceMonths bounds a planned piece: pieces double in months (the
-// newest month, then 1, 2, 4, …) up to this many, so planning reads the
+// MaxPieceMonths bounds a planned piece: after the newest month, pieces
+// double in months (1, 2, 4, …) up to this many, so planning reads the
 // raw rows' tasks O(log months) times (each piece joins the whole task
 // table, which is what makes a long piece cheap per row), and an
 // interrupted plan loses at most one piece.
 const MaxPieceMonths = 12
 
+// pieceMinRows: a piece after the first covers at least about this many
+// PlanSpec.PieceRows (by the rows per month the run's estimate gives):
+// each piece pays a pass over the whole task table, so a piece of a small
+// history's few rows would cost more than it plans.
+const pieceMinRows = 10
+
+// minPieceMonths is the fewest months a piece after the first covers: as
+// many as hold pieceMinRows × pieceRows raw rows at the history's average
+// rate (rows over months).
+func minPieceMonths(rows int64, months int, pieceRows int64) int {
+	perMonth := max(rows/int64(max(months, 1)), 1)
+	return int(min(max((pieceMinRows*pieceRows+perMonth-1)/perMonth, 1), int64(months)))
+}
+
 // pieceMonths is how many months piece number n (0 = the newest month)
-// covers.
-func pieceMonths(n int) int {
+// covers: after the first, at least the given months.
+func pieceMonths(n, least int) int {
 	if n == 0 {
 		return 1
 	}
-	return min(1<<(n-1), MaxPieceMonths)
+	return max(min(1<<(n-1), MaxPieceMonths), least)
 }
 
 // monthsFrom counts the months from a to b, both UTC month starts.
@@ -284,12 +299,12 @@ func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL
 		cursor              pgtype.Timestamptz
 		top, floor, rangeTo *time.Time
 		maxRows             *int64
-		pieces              int
+		pieces, least       int
 	)
 	err := tx.QueryRow(ctx, s.q(`
-		SELECT state, planning_done, plan_cursor, plan_top, plan_floor, range_from, plan_max_rows, plan_pieces
+		SELECT state, planning_done, plan_cursor, plan_top, plan_floor, range_from, plan_max_rows, plan_pieces, plan_piece_months
 		FROM _SCHEMA_.run WHERE id = $1 FOR NO KEY UPDATE`), runID).
-		Scan(&state, &done, &cursor, &top, &floor, &rangeTo, &maxRows, &pieces)
+		Scan(&state, &done, &cursor, &top, &floor, &rangeTo, &maxRows, &pieces, &least)
 	if err != nil {
 		return false, err
 	}
@@ -309,7 +324,7 @@ func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL
 	if top != nil && floor != nil {
 		next := *top // the newest piece starts at the newest month
 		if cursor.InfinityModifier != pgtype.Infinity {
-			next = cursor.Time.UTC().AddDate(0, -pieceMonths(pieces), 0)
+			next = cursor.Time.UTC().AddDate(0, -pieceMonths(pieces, least), 0)
 		}
 		if next.After(*floor) {
 			from, last = pgtype.Timestamptz{Time: next, Valid: true}, false

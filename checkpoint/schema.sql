@@ -38,6 +38,7 @@ ALTER TABLE _SCHEMA_.run ADD COLUMN IF NOT EXISTS planning_done boolean NOT NULL
                          ADD COLUMN IF NOT EXISTS plan_floor timestamptz,
                          ADD COLUMN IF NOT EXISTS plan_max_rows bigint,
                          ADD COLUMN IF NOT EXISTS plan_pieces integer NOT NULL DEFAULT 0,
+                         ADD COLUMN IF NOT EXISTS plan_piece_months integer NOT NULL DEFAULT 1,
                          ADD COLUMN IF NOT EXISTS planning_ended_at timestamptz;
 
 -- One row per planned piece: [from_ts, to_ts) of raw-row creation and

@@ -144,8 +144,8 @@ func (*Hourly) PlanSQL() string { return planSQL }
 
 // PlanBoundsSQL returns the query that finds the months of the oldest and
 // newest raw rows from $1 on (two timestamptz, NULL when there are none),
-// where planning in pieces starts and stops, and counts those rows up to
-// $2 + 1.
+// where planning in pieces starts and stops, counts those rows up to
+// $2 + 1, and estimates the table's rows.
 func (*Hourly) PlanBoundsSQL() string { return planBoundsSQL }
 
 // timePathCost weighs a row of the time path against one of the
