@@ -348,6 +348,14 @@ func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL
 	if err != nil {
 		return false, err
 	}
+	// Only the first piece is on the critical path. The later ones are
+	// planned while the workers keep the cores busy, where parallel
+	// workers would only add their coordination to the CPU the plan costs.
+	if pieces > 0 {
+		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+			return false, err
+		}
+	}
 	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+sourceSQL, from, *maxRows, to); err != nil {
 		return false, fmt.Errorf("plan slices: %w", err)
 	}

@@ -100,7 +100,11 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
 );
 
 CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS slice_from_idx ON _SCHEMA_.slice (run_id, from_ts);
+-- A claim's companions: the pending slices of the first one's window. Only
+-- pending slices are indexed, so claiming and marking done (most of the
+-- checkpoint's writes) add no entry to it; it replaces an index of every
+-- slice by (run_id, from_ts), dropped below.
+CREATE INDEX IF NOT EXISTS slice_pending_window_idx ON _SCHEMA_.slice (run_id, from_ts, to_ts) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';
 
@@ -111,3 +115,5 @@ CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE
 -- add.
 ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS ws_rows bigint,
                            ADD COLUMN IF NOT EXISTS window_rows bigint;
+
+DROP INDEX IF EXISTS _SCHEMA_.slice_from_idx;
