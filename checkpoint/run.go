@@ -351,8 +351,18 @@ func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL
 	// Only the first piece is on the critical path. The later ones are
 	// planned while the workers keep the cores busy, where parallel
 	// workers would only add their coordination to the CPU the plan costs.
-	if pieces > 0 {
+	// The first piece of several (the newest month) looks its raw rows'
+	// tasks and agents up by primary key: a hash join reads the whole task
+	// table, which for one month of a long history costs several times
+	// the month's own lookups (10 M rows, 5.5 M tasks: seconds before the
+	// first slice).
+	switch {
+	case pieces > 0:
 		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+			return false, err
+		}
+	case !last:
+		if _, err := tx.Exec(ctx, `SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off`); err != nil {
 			return false, err
 		}
 	}
