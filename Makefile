@@ -2,6 +2,7 @@
 GO      ?= go
 BIN     ?= bin/shardfill
 SIZE    ?= small
+VARIANTS ?=
 PKGS    := ./...
 
 .DEFAULT_GOAL := help
@@ -21,9 +22,9 @@ test: ## run every test against a throwaway PostgreSQL (or TEST_DATABASE_URL)
 demo: build ## backfill a synthetic history on a throwaway PostgreSQL, with live progress
 	$(BIN) demo
 
-bench: build ## benchmarks: Go benchmarks and the bench/ report (SIZE=small|medium|large)
+bench: build ## benchmarks: Go benchmarks and the bench/ report (SIZE=small|medium|large|xlarge, VARIANTS=tuned,defaults,shuffled)
 	$(GO) test -run '^$$' -bench . -benchmem ./shard/ ./engine/
-	$(GO) run ./bench -size $(SIZE) -bin $(BIN)
+	$(GO) run ./bench -size $(SIZE) -bin $(BIN) $(if $(VARIANTS),-variants $(VARIANTS) -modes limit,shardfill -concurrency 2)
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || (gofmt -l .; echo "gofmt: the files above need formatting"; exit 1)

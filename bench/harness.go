@@ -155,6 +155,12 @@ type Result struct {
 	// Variant names a shardfill run with non-default flags within a
 	// scenario ("unbatched"); "" for the defaults.
 	Variant string
+	// FirstSlice is the time from the binary's start to the first slice
+	// committed (its done mark's clock_timestamp(), same machine clock).
+	FirstSlice time.Duration
+	// ServerCPU is the CPU time (user + system) every server process spent
+	// during the mode; ProcCPU the shardfill process's own.
+	ServerCPU, ProcCPU time.Duration
 }
 
 // Label names the mode in tables: "serial", "limit", "shardfill c=4",
@@ -265,11 +271,12 @@ func (h *Harness) Limit(ctx context.Context, db *DB) (Result, error) {
 		return Result{}, err
 	}
 	h.logf("%s: limit: one INSERT … SELECT … GROUP BY of the whole history", db.Name)
+	cpu0 := ServerCPU(ctx, db)
 	start := time.Now()
 	if _, err := db.Pool.Exec(ctx, limitSQL); err != nil {
 		return Result{}, fmt.Errorf("limit: %w", err)
 	}
-	res := Result{Mode: ModeLimit, Wall: time.Since(start), Rows: db.UsageRows}
+	res := Result{Mode: ModeLimit, Wall: time.Since(start), Rows: db.UsageRows, ServerCPU: ServerCPU(ctx, db) - cpu0}
 	if err := Verify(ctx, db, "limit"); err != nil {
 		return res, err
 	}
@@ -397,6 +404,9 @@ type Proc struct {
 	// replaces. So it measures the bench as much as shardfill.
 	RusageMaxRSSKiB int64
 	Stdout          string
+	// Started is when the process was started; CPU its user + system time.
+	Started time.Time
+	CPU     time.Duration
 }
 
 // watchHWM samples /proc/<pid>/status until the returned function is
@@ -474,8 +484,9 @@ func (h *Harness) RunBinary(ctx context.Context, url, logName string, args ...st
 	}
 	hwm := watchHWM(cmd.Process.Pid)
 	runErr := cmd.Wait()
-	p := Proc{Wall: time.Since(start), MaxRSSKiB: hwm()}
+	p := Proc{Wall: time.Since(start), MaxRSSKiB: hwm(), Started: start}
 	if cmd.ProcessState != nil {
+		p.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			p.RusageMaxRSSKiB = ru.Maxrss // KiB on Linux
 		}
@@ -501,14 +512,25 @@ func (h *Harness) Shardfill(ctx context.Context, db *DB, c int) (Result, error) 
 	}
 	label := fmt.Sprintf("shardfill c=%d", c)
 	h.logf("%s: %s", db.Name, label)
+	cpu0 := ServerCPU(ctx, db)
 	p, err := h.RunBinary(ctx, db.URL, fmt.Sprintf("%s-c%d", db.Name, c),
 		"run", "--concurrency", strconv.Itoa(c), "--rate", "0", "--no-progress", "--new-run")
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: %w", label, err)
 	}
-	res := Result{Mode: ModeShardfill, Concurrency: c, Wall: p.Wall, Rows: db.UsageRows, MaxRSSKiB: p.MaxRSSKiB, RusageMaxRSSKiB: p.RusageMaxRSSKiB}
+	waitBackendsGone(ctx, db)
+	res := Result{Mode: ModeShardfill, Concurrency: c, Wall: p.Wall, Rows: db.UsageRows, MaxRSSKiB: p.MaxRSSKiB, RusageMaxRSSKiB: p.RusageMaxRSSKiB,
+		ServerCPU: ServerCPU(ctx, db) - cpu0, ProcCPU: p.CPU}
 	if err := h.readRun(ctx, db, &res); err != nil {
 		return res, fmt.Errorf("%s: %w", label, err)
+	}
+	var first *time.Time
+	slice := pgx.Identifier{h.schema(), "slice"}.Sanitize()
+	if err := db.Pool.QueryRow(ctx, `SELECT min(finished_at) FROM `+slice+` WHERE run_id = $1`, res.RunID).Scan(&first); err != nil {
+		return res, fmt.Errorf("%s: first slice: %w", label, err)
+	}
+	if first != nil {
+		res.FirstSlice = first.Sub(p.Started)
 	}
 	if err := Verify(ctx, db, label); err != nil {
 		return res, err

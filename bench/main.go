@@ -48,12 +48,13 @@ type options struct {
 	latency      LatencyConfig
 	skew         SkewConfig
 	plan1m       Plan1MConfig
+	variants     []string
 }
 
 func parse(args []string) (*options, error) {
 	fs := flag.NewFlagSet("shardfill-bench", flag.ContinueOnError)
 	o := &options{latency: DefaultLatency(), skew: DefaultSkew(), plan1m: DefaultPlan1M()}
-	fs.StringVar(&o.size, "size", "small", "data set: small (~100k usage rows), medium (~1M), large (~4M)")
+	fs.StringVar(&o.size, "size", "small", "data set: small (~100k usage rows), medium (~1M), large (~4M), xlarge (~10M, 36 months; manual)")
 	fs.StringVar(&o.bin, "bin", "bin/shardfill", "shardfill binary (make build)")
 	modes := fs.String("modes", "serial,limit,shardfill", "modes to measure: serial, limit, shardfill")
 	conc := fs.String("concurrency", "1,2,4,8,16", "shardfill concurrencies")
@@ -63,6 +64,7 @@ func parse(args []string) (*options, error) {
 	fs.IntVar(&o.serialMonths, "serial-months", -1, "months the serial reference runs on, the rest extrapolated (0 = all; -1 = the size's default)")
 	fs.IntVar(&o.rounds, "rounds", 0, "rounds of limit and shardfill, interleaved; each is reported by its median (0 = the size's default)")
 	scaleWith := fs.String("scale-with", "default", "a smaller size measured in the same run, interleaved, for the size ratio (none; default: the size's, medium for large)")
+	variants := fs.String("variants", "", "server and layout variants, each against the limit on the same server: tuned,defaults,shuffled (empty: the usual report on the tuned server)")
 	extra := fs.String("args", "", "extra flags for every `shardfill run`, e.g. \"--batch-rows 5000\"")
 	fs.BoolVar(&o.explain, "explain", true, "write <size>-explain.txt: EXPLAIN ANALYZE of the largest slice's statements")
 	fs.IntVar(&o.latency.Fixture.Workspaces, "latency-workspaces", o.latency.Fixture.Workspaces, "latency scenario: workspaces")
@@ -127,6 +129,12 @@ func parse(args []string) (*options, error) {
 			return nil, fmt.Errorf("%w: -scale-with names the size being measured", errUsage)
 		}
 		o.scaleWith = *scaleWith
+	}
+	for _, v := range splitList(*variants) {
+		if !slices.Contains(AllVariants, v) {
+			return nil, fmt.Errorf("%w: unknown variant %q (want %s)", errUsage, v, strings.Join(AllVariants, ","))
+		}
+		o.variants = append(o.variants, v)
 	}
 	o.extraArgs = strings.Fields(*extra)
 	return o, nil
@@ -218,6 +226,10 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		defer small.Close()
+	}
+
+	if len(o.variants) > 0 {
+		return runVariants(ctx, h, o, srv, db, small, rep.DataSet, started, args)
 	}
 
 	// Limit and shardfill run in interleaved rounds, so a slow spell of the

@@ -430,6 +430,12 @@ func WriteResultsDoc(dir, path string) error {
 		b.WriteString("\n")
 		b.WriteString(body)
 	}
+	for _, s := range Sizes {
+		if md, err := os.ReadFile(filepath.Join(dir, s.Name+"-variants.md")); err == nil {
+			b.WriteString("\n")
+			b.Write(md)
+		}
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 

@@ -54,6 +54,16 @@ var Sizes = []Size{
 		SerialMonths: 2,
 		ScaleWith:    "medium",
 	},
+	{
+		// A manual run, not CI: ten times medium, 5 000 workspaces over three
+		// years. Generating it takes several minutes on two cores; every
+		// mode and variant of one invocation reuses the one database.
+		Name: "xlarge",
+		Fixture: fixture.Config{Seed: 4, Workspaces: 5_000, Months: 36, Rows: 10_000_000,
+			Skew: 1.1, End: historyEnd},
+		SerialMonths: 1,
+		ScaleWith:    "medium",
+	},
 }
 
 // SizeByName returns the size called name.

@@ -78,14 +78,16 @@ func (s *Store) Repoint(ctx context.Context, runID int64, owner string, pid int)
 
 // WorkElsewhere reports whether run has slices that are neither done nor
 // failed and not held by owner: pending ones, or ones other processes are
-// working on (which may yet be abandoned to owner); ErrSuperseded when the
-// run was replaced by a newer one. Cheap on any run size:
-// both conditions are partial-index lookups.
+// working on (which may yet be abandoned to owner), or ones still to be
+// planned (planning is not done); ErrSuperseded when the run was replaced
+// by a newer one. Cheap on any run size: the slice conditions are
+// partial-index lookups.
 func (s *Store) WorkElsewhere(ctx context.Context, runID int64, owner string) (bool, error) {
 	var any, superseded bool
 	err := s.db.QueryRow(ctx, s.q(`
 		SELECT EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'pending')
-		    OR EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'running' AND owner <> $2),
+		    OR EXISTS (SELECT 1 FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'running' AND owner <> $2)
+		    OR (SELECT NOT planning_done FROM _SCHEMA_.run WHERE id = $1),
 		       (SELECT state = 'superseded' FROM _SCHEMA_.run WHERE id = $1)`),
 		runID, owner).Scan(&any, &superseded)
 	if err == nil && superseded {

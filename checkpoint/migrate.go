@@ -125,17 +125,28 @@ func (s *Store) complete(ctx context.Context, tx pgx.Tx) (bool, error) {
 	for i, name := range schemaObjects {
 		qualified[i] = s.ident + "." + name
 	}
+	tables, columns := make([]string, len(addedColumns)), make([]string, len(addedColumns))
+	for i, c := range addedColumns {
+		tables[i], columns[i] = s.ident+"."+c.table, c.column
+	}
 	var complete bool
 	err := tx.QueryRow(ctx, `
 		SELECT (SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest($1::text[]) AS n)
-		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($2) AND attname = 'window_rows' AND NOT attisdropped)
-		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($2) AND attname = 'cause' AND NOT attisdropped)
-		   AND EXISTS (SELECT FROM pg_attribute
-		               WHERE attrelid = to_regclass($3) AND attname = 'effective_rate' AND NOT attisdropped)`,
-		qualified, s.ident+".slice", s.ident+".process").Scan(&complete)
+		   AND (SELECT bool_and(EXISTS (SELECT FROM pg_attribute a
+		                                WHERE a.attrelid = to_regclass(c.tab) AND a.attname = c.col AND NOT a.attisdropped))
+		        FROM unnest($2::text[], $3::text[]) AS c(tab, col))`,
+		qualified, tables, columns).Scan(&complete)
 	return complete, err
+}
+
+// addedColumns are the columns schema.sql adds to tables that earlier
+// versions created (ALTER TABLE … ADD COLUMN IF NOT EXISTS): a schema
+// without one of them is not complete.
+var addedColumns = []struct{ table, column string }{
+	{"slice", "window_rows"},
+	{"slice", "cause"},
+	{"process", "effective_rate"},
+	{"run", "planning_ended_at"},
 }
 
 // Installed reports whether the checkpoint tables exist, so read-only

@@ -43,18 +43,28 @@ type Run struct {
 	FinishedAt      *time.Time
 	StampedAt       *time.Time // when this run stamped the watermark (at WatermarkTarget)
 	LastError       *string
+	// PlanningDone: every piece of the run is planned, so SlicesTotal and
+	// RowsTotal are final; until then they count the pieces planned so far.
+	PlanningDone bool
+	// PlanPieces is how many pieces are planned.
+	PlanPieces int
+	// PlanningEndedAt is when the last piece was planned (nil until then,
+	// and for runs planned in one pass by earlier releases).
+	PlanningEndedAt *time.Time
 }
 
 // Finished reports whether the run needs no more work.
 func (r *Run) Finished() bool { return r.State == StateDone || r.State == StateSuperseded }
 
 const runColumns = `id, state, planned_at, watermark_target, range_from, slices_total, rows_total,
-	logic_version, started_at, finished_at, watermark_stamped_at, last_error`
+	logic_version, started_at, finished_at, watermark_stamped_at, last_error, planning_done, plan_pieces,
+	planning_ended_at`
 
 func scanRun(row pgx.Row) (*Run, error) {
 	var r Run
 	err := row.Scan(&r.ID, &r.State, &r.PlannedAt, &r.WatermarkTarget, &r.RangeFrom, &r.SlicesTotal,
-		&r.RowsTotal, &r.LogicVersion, &r.StartedAt, &r.FinishedAt, &r.StampedAt, &r.LastError)
+		&r.RowsTotal, &r.LogicVersion, &r.StartedAt, &r.FinishedAt, &r.StampedAt, &r.LastError,
+		&r.PlanningDone, &r.PlanPieces, &r.PlanningEndedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -82,9 +92,21 @@ func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
 // PlanSpec describes how to plan a new run.
 type PlanSpec struct {
 	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
-	// est_rows, read_from (see schema.sql); its parameters are $1 RangeFrom
-	// (or -infinity) and $2 MaxSliceRows.
+	// est_rows, read_from (see schema.sql); its parameters are $1 the
+	// piece's lower time bound (RangeFrom, or -infinity, for the oldest
+	// piece), $2 MaxSliceRows and $3 the piece's upper bound, exclusive
+	// (infinity for the newest piece).
 	SourceSQL string
+	// BoundsSQL finds where planning in pieces starts and stops: from $1
+	// (RangeFrom, or -infinity) it returns the UTC month starts of the
+	// oldest and newest raw rows, NULL when there are none, and the number
+	// of raw rows counted up to $2 + 1, and an estimate of all raw rows.
+	// Empty: the run is planned in one piece.
+	BoundsSQL string
+	// PieceRows: a history of at most this many raw rows is planned in
+	// one piece (it takes a fraction of a second); a larger one in pieces
+	// of whole months, newest first. Default 200 000.
+	PieceRows int64
 	// RangeFrom is the lower time bound; nil = all history.
 	RangeFrom *time.Time
 	// MaxSliceRows is SourceSQL's $2: most raw rows per window.
@@ -188,71 +210,244 @@ func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
 	return err
 }
 
-// plan inserts a run and its slices.
+// plan inserts a run and plans its first piece (see planPiece): the
+// newest month, so that workers can start while the rest is planned. The
+// watermark target is taken here, before any raw row is read.
 func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
 	var id int64
 	err := tx.QueryRow(ctx, s.q(`
-		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at)
-		VALUES ('running', now() - interval '5 minutes', $1, $2, now())
-		RETURNING id`), spec.RangeFrom, spec.LogicVersion).Scan(&id)
+		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at,
+		                          planning_done, plan_cursor, plan_max_rows)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, now(), false, 'infinity', $3)
+		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows).Scan(&id)
 	if err != nil {
 		return nil, err
 	}
-	// Planning reads the whole history once, before any worker can start:
-	// the one statement where the server's parallel workers pay. INSERT …
-	// SELECT never runs in parallel and CREATE TABLE … AS may, so the slice
-	// list is first computed into a temporary table. The planner badly
-	// overestimates how many (workspace, day) groups the scan reduces to and
-	// would stay serial; the cost settings, local to this transaction, let
-	// it take the parallel plan (the server's worker limits still apply).
-	// work_mem keeps its hashes and sorts of (workspace, day) groups in
-	// memory: at the default 4 MB they spill to disk (about a tenth of the
-	// plan's time on a million usage rows).
-	_, err = tx.Exec(ctx, `SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'`)
-	if err != nil {
-		return nil, err
-	}
-	// Without the TEMP privilege (PUBLIC has it unless revoked) the slices
-	// go straight from the plan query into the slice table: the same
-	// slices, read by one serial scan.
-	var temp bool
-	if err := tx.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'TEMP')`).Scan(&temp); err != nil {
-		return nil, err
-	}
-	if temp {
-		_, err = tx.Exec(ctx, `CREATE TEMP TABLE shardfill_plan ON COMMIT DROP AS `+spec.SourceSQL,
-			LowerBound(spec.RangeFrom), spec.MaxSliceRows)
-		if err != nil {
-			return nil, fmt.Errorf("plan slices: %w", err)
+	if spec.BoundsSQL != "" {
+		var floor, top *time.Time
+		var rows, estimate int64
+		pieceRows := spec.PieceRows
+		if pieceRows <= 0 {
+			pieceRows = DefaultPieceRows
 		}
-		_, err = tx.Exec(ctx, s.q(planSlices("shardfill_plan", "$1")), id)
-	} else {
-		_, err = tx.Exec(ctx, s.q(planSlices("(\n"+spec.SourceSQL+"\n) AS shardfill_plan", "$3")),
-			LowerBound(spec.RangeFrom), spec.MaxSliceRows, id)
+		if err := tx.QueryRow(ctx, spec.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows, &estimate); err != nil {
+			return nil, fmt.Errorf("plan bounds: %w", err)
+		}
+		if rows > pieceRows && floor != nil && top != nil {
+			_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3, plan_piece_months = $4 WHERE id = $1`),
+				id, floor, top, minPieceMonths(max(rows, estimate), monthsFrom(*floor, *top)+1, pieceRows))
+			if err != nil {
+				return nil, err
+			}
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("plan slices: %w", err)
-	}
-	// The slice table just grew by a whole run: without fresh statistics
-	// the planner takes the run for a handful of rows and picks plans
-	// that are quadratic in its size.
-	if _, err := tx.Exec(ctx, s.q(`ANALYZE _SCHEMA_.slice`)); err != nil {
-		return nil, err
-	}
-	_, err = tx.Exec(ctx, s.q(`
-		UPDATE _SCHEMA_.run r SET slices_total = c.n, rows_total = c.rows
-		FROM (SELECT count(*) AS n, coalesce(sum(est_rows), 0) AS rows FROM _SCHEMA_.slice WHERE run_id = $1) c
-		WHERE r.id = $1`), id)
-	if err != nil {
+	if _, err := s.planPiece(ctx, tx, id, spec.SourceSQL); err != nil {
 		return nil, err
 	}
 	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
 }
 
-// planSlices is plan_slices.sql reading the planned list from source (in
-// place of _PLAN_), with the run id as parameter run (in place of _RUN_).
-func planSlices(source, run string) string {
-	return strings.NewReplacer("_PLAN_", source, "_RUN_", run).Replace(planSlicesSQL)
+// DefaultPieceRows is PlanSpec.PieceRows's default.
+const DefaultPieceRows = 200_000
+
+// MaxPieceMonths bounds a planned piece: after the newest month, pieces
+// double in months (1, 2, 4, …) up to this many, so planning reads the
+// raw rows' tasks O(log months) times (each piece joins the whole task
+// table, which is what makes a long piece cheap per row), and an
+// interrupted plan loses at most one piece.
+const MaxPieceMonths = 12
+
+// pieceMinRows: a piece after the first covers at least about this many
+// PlanSpec.PieceRows (by the rows per month the run's estimate gives):
+// each piece pays a pass over the whole task table, so a piece of a small
+// history's few rows would cost more than it plans.
+const pieceMinRows = 10
+
+// minPieceMonths is the fewest months a piece after the first covers: as
+// many as hold pieceMinRows × pieceRows raw rows at the history's average
+// rate (rows over months).
+func minPieceMonths(rows int64, months int, pieceRows int64) int {
+	perMonth := max(rows/int64(max(months, 1)), 1)
+	return int(min(max((pieceMinRows*pieceRows+perMonth-1)/perMonth, 1), int64(months)))
+}
+
+// pieceMonths is how many months piece number n (0 = the newest month)
+// covers: after the first, at least the given months.
+func pieceMonths(n, least int) int {
+	if n == 0 {
+		return 1
+	}
+	return max(min(1<<(n-1), MaxPieceMonths), least)
+}
+
+// monthsFrom counts the months from a to b, both UTC month starts.
+func monthsFrom(a, b time.Time) int {
+	a, b = a.UTC(), b.UTC()
+	return (b.Year()-a.Year())*12 + int(b.Month()) - int(a.Month())
+}
+
+// planTable is where a piece's slice list is computed before it is stored:
+// the table to create and its name.
+type planTable struct{ create, name string }
+
+// planList picks the table a piece's slice list is computed into: a
+// temporary one, or, for a role without the TEMP privilege (PUBLIC has it
+// unless revoked), an unlogged one in the checkpoint schema, which the role
+// owns. Either is created and dropped in the piece's transaction, and
+// planning takes turns per schema, so one name serves. CREATE TABLE … AS
+// may run in parallel where INSERT … SELECT never does.
+func (s *Store) planList(ctx context.Context, tx pgx.Tx) (planTable, error) {
+	var temp bool
+	if err := tx.QueryRow(ctx, `SELECT has_database_privilege(current_database(), 'TEMP')`).Scan(&temp); err != nil {
+		return planTable{}, err
+	}
+	if temp {
+		return planTable{create: "TEMP TABLE shardfill_plan ON COMMIT DROP", name: "shardfill_plan"}, nil
+	}
+	name := s.ident + ".plan_list"
+	return planTable{create: "UNLOGGED TABLE " + name, name: name}, nil
+}
+
+// PlanNext plans the next piece of run, under the schema's planning turn,
+// in a transaction of its own whose statement_timeout is timeout (0 =
+// none, as for the first piece, see PlanSpec.Timeout): any process working on the run may call
+// it, and a piece is planned once whoever does (the run row's cursor moves
+// with the piece's slices, in the same commit). It reports whether
+// planning is done (nothing was left, or this was the last piece).
+func (s *Store) PlanNext(ctx context.Context, runID int64, sourceSQL string, timeout time.Duration) (done bool, err error) {
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, TimeoutSQL, TimeoutSetting(timeout)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, turnSQL, s.turn("plan")...); err != nil {
+			return err
+		}
+		done, err = s.planPiece(ctx, tx, runID, sourceSQL)
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("plan run %d: %w", runID, err)
+	}
+	return done, nil
+}
+
+// planPiece plans the piece below the run's cursor in tx: the newest month
+// (open upwards, so rows newer than the bounds found when the run was
+// created are planned too) first, then earlier ones, the oldest piece open
+// downwards to the run's range (history older than the oldest month, and
+// rollup rows of no raw row, are planned with it). It reports whether the
+// run is now fully planned.
+func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL string) (bool, error) {
+	var (
+		state               RunState
+		done                bool
+		cursor              pgtype.Timestamptz
+		top, floor, rangeTo *time.Time
+		maxRows             *int64
+		pieces, least       int
+	)
+	err := tx.QueryRow(ctx, s.q(`
+		SELECT state, planning_done, plan_cursor, plan_top, plan_floor, range_from, plan_max_rows, plan_pieces, plan_piece_months
+		FROM _SCHEMA_.run WHERE id = $1 FOR NO KEY UPDATE`), runID).
+		Scan(&state, &done, &cursor, &top, &floor, &rangeTo, &maxRows, &pieces, &least)
+	if err != nil {
+		return false, err
+	}
+	if state == StateSuperseded {
+		return false, fmt.Errorf("run %d: %w", runID, ErrSuperseded)
+	}
+	if done || state == StateDone {
+		return true, nil
+	}
+	if maxRows == nil {
+		return false, fmt.Errorf("run %d has no planning state", runID)
+	}
+	// The piece is [from, to); from = lower marks the last piece.
+	lower := LowerBound(rangeTo)
+	to, from, last := cursor, lower, true
+	scale := 1.0
+	if top != nil && floor != nil {
+		next := *top // the newest piece starts at the newest month
+		if cursor.InfinityModifier != pgtype.Infinity {
+			next = cursor.Time.UTC().AddDate(0, -pieceMonths(pieces, least), 0)
+		}
+		if next.After(*floor) {
+			from, last = pgtype.Timestamptz{Time: next, Valid: true}, false
+			scale = float64(monthsFrom(*floor, *top)+1) / float64(monthsFrom(next, *top)+1)
+		}
+	}
+	if !last && cursor.InfinityModifier == pgtype.Finite && !from.Time.Before(cursor.Time) {
+		return false, fmt.Errorf("run %d: planning does not move: piece %d would start at %s, its cursor is %s", runID, pieces, from.Time, cursor.Time)
+	}
+	// Planning reads raw rows before any worker can start on them: the one
+	// statement where the server's parallel workers pay. INSERT … SELECT
+	// never runs in parallel and CREATE TABLE … AS may, so the piece's
+	// slice list is first computed into a temporary table. The planner
+	// badly overestimates how many (workspace, day) groups the scan reduces
+	// to and would stay serial; the cost settings, local to this
+	// transaction, let it take the parallel plan (the server's worker
+	// limits still apply). work_mem keeps its hashes and sorts of
+	// (workspace, day) groups in memory: at the default 4 MB they spill to
+	// disk (about a tenth of the plan's time on a million usage rows).
+	_, err = tx.Exec(ctx, `SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'`)
+	if err != nil {
+		return false, err
+	}
+	// Only the first piece is on the critical path. The later ones are
+	// planned while the workers keep the cores busy, where parallel
+	// workers would only add their coordination to the CPU the plan costs.
+	// The first piece of several (the newest month) looks its raw rows'
+	// tasks and agents up by primary key: a hash join reads the whole task
+	// table, which for one month of a long history costs several times
+	// the month's own lookups (10 M rows, 5.5 M tasks: seconds before the
+	// first slice).
+	switch {
+	case pieces > 0:
+		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+			return false, err
+		}
+	case !last:
+		if _, err := tx.Exec(ctx, `SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off`); err != nil {
+			return false, err
+		}
+	}
+	list, err := s.planList(ctx, tx)
+	if err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `CREATE `+list.create+` AS `+sourceSQL, from, *maxRows, to); err != nil {
+		return false, fmt.Errorf("plan slices: %w", err)
+	}
+	var lastID, slices, rows int64
+	if err := tx.QueryRow(ctx, s.q(`SELECT coalesce(max(id), 0) FROM _SCHEMA_.slice WHERE run_id = $1`), runID).Scan(&lastID); err != nil {
+		return false, err
+	}
+	insert := strings.ReplaceAll(planSlicesSQL, "_PLAN_", list.name)
+	if err := tx.QueryRow(ctx, s.q(insert), runID, lastID, scale).Scan(&slices, &rows); err != nil {
+		return false, fmt.Errorf("plan slices: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `DROP TABLE `+list.name); err != nil {
+		return false, err
+	}
+	// The slice table just grew: without fresh statistics the planner
+	// takes the run for a handful of rows and picks plans that are
+	// quadratic in its size.
+	if _, err := tx.Exec(ctx, s.q(`ANALYZE _SCHEMA_.slice`)); err != nil {
+		return false, err
+	}
+	_, err = tx.Exec(ctx, s.q(`
+		WITH piece AS (
+		    INSERT INTO _SCHEMA_.plan_piece (run_id, piece, from_ts, to_ts, slices, rows)
+		    VALUES ($1, $2, $3, $4, $5, $6)
+		)
+		UPDATE _SCHEMA_.run SET plan_cursor = $3, plan_pieces = $2 + 1, planning_done = $7,
+		       planning_ended_at = CASE WHEN $7 THEN clock_timestamp() END,
+		       slices_total = slices_total + $5, rows_total = rows_total + $6
+		WHERE id = $1`), runID, pieces, from, to, slices, rows, last)
+	if err != nil {
+		return false, err
+	}
+	return last, nil
 }
 
 // LowerBound turns an optional bound into a timestamptz parameter.
@@ -261,6 +456,11 @@ func LowerBound(from *time.Time) pgtype.Timestamptz {
 		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 	}
 	return pgtype.Timestamptz{Time: *from, Valid: true}
+}
+
+// UpperBound is the upper time bound of a plan of all history: infinity.
+func UpperBound() pgtype.Timestamptz {
+	return pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true}
 }
 
 // Counts are the slices of a run by state.
@@ -325,8 +525,9 @@ func (s *Store) Finish(ctx context.Context, runID int64, c Claimant, stamp Stamp
 			return err
 		}
 		var target time.Time
-		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target, watermark_stamped_at FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
-			Scan(&out.State, &target, &out.StampedAt)
+		var planned bool
+		err := tx.QueryRow(ctx, s.q(`SELECT state, watermark_target, watermark_stamped_at, planning_done FROM _SCHEMA_.run WHERE id = $1 FOR UPDATE`), runID).
+			Scan(&out.State, &target, &out.StampedAt, &planned)
 		if err != nil {
 			return err
 		}
@@ -334,7 +535,8 @@ func (s *Store) Finish(ctx context.Context, runID int64, c Claimant, stamp Stamp
 		if out.Counts, err = s.counts(ctx, tx, runID); err != nil {
 			return err
 		}
-		if out.State == StateDone || out.State == StateSuperseded || out.Counts.Unfinished() > 0 {
+		// Slices of pieces not planned yet are unfinished work too.
+		if out.State == StateDone || out.State == StateSuperseded || out.Counts.Unfinished() > 0 || !planned {
 			return nil
 		}
 		out.Closed = true

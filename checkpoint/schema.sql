@@ -24,6 +24,46 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.run (
     last_error           text
 );
 
+-- Planning state (see Store.PlanNext): a run is planned in pieces of whole
+-- UTC months, newest first, each committed with its slices, so workers
+-- start on the first piece while the rest is planned and an interrupted
+-- plan continues where it stopped. Everything at or after plan_cursor is
+-- planned; the piece below it is next. plan_top and plan_floor are the
+-- months of the newest and oldest raw row when the run was created (NULL:
+-- no raw rows, the whole range is one piece). Runs created before these
+-- columns existed were planned in one pass: planning_done defaults true.
+ALTER TABLE _SCHEMA_.run ADD COLUMN IF NOT EXISTS planning_done boolean NOT NULL DEFAULT true,
+                         ADD COLUMN IF NOT EXISTS plan_cursor timestamptz,
+                         ADD COLUMN IF NOT EXISTS plan_top timestamptz,
+                         ADD COLUMN IF NOT EXISTS plan_floor timestamptz,
+                         ADD COLUMN IF NOT EXISTS plan_max_rows bigint,
+                         ADD COLUMN IF NOT EXISTS plan_pieces integer NOT NULL DEFAULT 0,
+                         ADD COLUMN IF NOT EXISTS plan_piece_months integer NOT NULL DEFAULT 1,
+                         ADD COLUMN IF NOT EXISTS planning_ended_at timestamptz;
+
+-- One row per planned piece: [from_ts, to_ts) of raw-row creation and
+-- rollup bucket time, with the slices and rows it added. The primary key
+-- makes planning a piece twice impossible.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.plan_piece (
+    run_id     bigint NOT NULL REFERENCES _SCHEMA_.run (id) ON DELETE CASCADE,
+    piece      integer NOT NULL,
+    from_ts    timestamptz NOT NULL,
+    to_ts      timestamptz NOT NULL,
+    slices     bigint NOT NULL,
+    rows       bigint NOT NULL,
+    planned_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, piece)
+);
+
+-- The raw rows of each workspace in the pieces planned so far: what a
+-- slice's ws_rows is estimated from while planning goes on.
+CREATE TABLE IF NOT EXISTS _SCHEMA_.plan_workspace (
+    run_id       bigint NOT NULL REFERENCES _SCHEMA_.run (id) ON DELETE CASCADE,
+    workspace_id uuid NOT NULL,
+    rows         bigint NOT NULL,
+    PRIMARY KEY (run_id, workspace_id)
+);
+
 -- One row per slice. Slice ids are assigned largest-first at planning, so
 -- claiming in id order starts the big slices early and the pool drains
 -- evenly. (owner, attempts) is the fencing token of a claim.
@@ -60,7 +100,11 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.slice (
 );
 
 CREATE INDEX IF NOT EXISTS slice_pending_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS slice_from_idx ON _SCHEMA_.slice (run_id, from_ts);
+-- A claim's companions: the pending slices of the first one's window. Only
+-- pending slices are indexed, so claiming and marking done (most of the
+-- checkpoint's writes) add no entry to it; it replaces an index of every
+-- slice by (run_id, from_ts), dropped below.
+CREATE INDEX IF NOT EXISTS slice_pending_window_idx ON _SCHEMA_.slice (run_id, from_ts, to_ts) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS slice_running_idx ON _SCHEMA_.slice (run_id, lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS slice_failed_idx ON _SCHEMA_.slice (run_id, id) WHERE state = 'failed';
 
@@ -121,3 +165,5 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.process (
 -- throttle (package throttle); registries created before it get it here.
 ALTER TABLE _SCHEMA_.process ADD COLUMN IF NOT EXISTS effective_concurrency integer,
                              ADD COLUMN IF NOT EXISTS effective_rate double precision;
+
+DROP INDEX IF EXISTS _SCHEMA_.slice_from_idx;

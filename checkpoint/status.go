@@ -102,6 +102,10 @@ type Status struct {
 	// locks live on the primary) cannot be seen, so a running run is shown
 	// as stored rather than judged interrupted.
 	ReadOnlyReplica bool `json:"read_only_replica"`
+	// Planning: the run is still being planned piece by piece, so the
+	// totals (slices_total, rows_total) count the pieces planned so far,
+	// and the ETA is that of those.
+	Planning bool `json:"planning"`
 }
 
 // LockSession is a session that takes the cron lock exclusively.
@@ -151,6 +155,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		FailedSlices: []FailedSlice{}, Owners: []string{}, Failures: []FailureGroup{}, Processes: []Process{},
 		StampedAt: run.StampedAt,
 	}
+	st.Planning = !run.PlanningDone && !run.Finished()
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
 	}

@@ -98,6 +98,11 @@ type Config struct {
 	// a slice is one workspace's rows in one window. Default
 	// DefaultMaxSliceRows; at most CeilingSliceRows.
 	MaxSliceRows int64
+	// PlanPieceRows: a history of more raw rows than this is planned in
+	// pieces of whole months, newest first, while workers already work on
+	// the first (checkpoint.PlanSpec.PieceRows); a smaller one in one
+	// piece. Default checkpoint.DefaultPieceRows.
+	PlanPieceRows int64
 	// BatchRows lets slices of one window share a transaction and one
 	// sweep through the window while their estimated rows stay within it;
 	// each slice is still checkpointed on its own. Keep it above

@@ -33,6 +33,9 @@ type Job interface {
 	Preflight(ctx context.Context, q job.Querier) error
 	// PlanSQL lists the slices (see checkpoint.PlanSpec.SourceSQL).
 	PlanSQL() string
+	// PlanBoundsSQL finds where planning in pieces starts and stops (see
+	// checkpoint.PlanSpec.BoundsSQL).
+	PlanBoundsSQL() string
 	// HasRowsBefore reports whether raw rows older than at exist: history
 	// that a run limited to start at at would leave out.
 	HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error)
@@ -55,6 +58,7 @@ const (
 	RunStarted                      // the run was planned or resumed (Run, Counts)
 	ControlApplied                  // this process applied the run's control record (Applied)
 	HealthPolled                    // this process read the database's health signals (Health)
+	PiecePlanned                    // a further piece of the run was planned (Run: its totals so far)
 )
 
 // Event reports one slice's progress to the caller (progress bars, metrics).
@@ -68,7 +72,7 @@ type Event struct {
 	BatchSlices int
 	Duration    time.Duration
 	Err         error
-	Run         *checkpoint.Run   // RunStarted
+	Run         *checkpoint.Run   // RunStarted, PiecePlanned
 	Counts      checkpoint.Counts // RunStarted: slices by state when this process joined
 	Applied     *Applied          // ControlApplied: the limits and holds now in force
 	Health      *Health           // HealthPolled: the readings and the pace they allow
@@ -178,8 +182,9 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, interrupted(ctx, err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
-		SourceSQL: e.job.PlanSQL(), RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows,
-		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid, Timeout: e.cfg.PlanTimeout,
+		SourceSQL: e.job.PlanSQL(), BoundsSQL: e.job.PlanBoundsSQL(), PieceRows: e.cfg.PlanPieceRows,
+		RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows, Timeout: e.cfg.PlanTimeout,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid,
 	})
 	var busy *checkpoint.BusyError
 	if errors.As(err, &busy) {
@@ -218,9 +223,13 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		e.cfg.OnEvent(Event{Kind: RunStarted, Run: run, Counts: res.Start})
 	}
 	if e.cfg.PlanOnly {
+		if err := e.planAll(ctx, run.ID); err != nil {
+			return res, interrupted(ctx, err)
+		}
 		if planned {
 			err = e.store.SetState(ctx, run.ID, checkpoint.StatePlanned)
 		}
+		e.refresh(ctx, res)
 		return res, err
 	}
 
@@ -241,10 +250,11 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			return res, interrupted(ctx, err)
 		}
 	}
-	if err := e.workUntilDone(ctx, lock, ctl, res); err != nil {
+	if err := e.workWhilePlanning(ctx, lock, ctl, run, res); err != nil {
 		e.handBack(parent, run.ID, err)
 		return res, interrupted(ctx, err)
 	}
+	defer e.refresh(ctx, res)
 
 	if res.Outcome, err = e.finish(ctx, lock, run); err != nil {
 		return res, interrupted(ctx, err)
@@ -263,6 +273,41 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
 	return res, nil
+}
+
+// workWhilePlanning runs the workers while this process's planner plans
+// the run's remaining pieces (none for a run fully planned). A planning
+// error stops the workers and is returned.
+func (e *Engine) workWhilePlanning(ctx context.Context, lock *cronLock, ctl *controller, run *checkpoint.Run, res *Result) error {
+	if run.PlanningDone {
+		return e.workUntilDone(ctx, lock, ctl, res)
+	}
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	p := newPlanner(e, run.ID)
+	planning := make(chan error, 1)
+	go func() {
+		err := p.run(wctx)
+		if err != nil && wctx.Err() == nil {
+			stop(fmt.Errorf("plan: %w", err))
+		}
+		planning <- err
+	}()
+	err := e.workUntilDone(withPlanner(wctx, p), lock, ctl, res)
+	if cause := context.Cause(wctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause // the planner failed and stopped the workers
+	}
+	stop(nil)
+	<-planning
+	return err
+}
+
+// refresh re-reads the run into res: its totals are final once planning
+// is done, which may be after it was started.
+func (e *Engine) refresh(ctx context.Context, res *Result) {
+	if run, err := e.store.GetRun(context.WithoutCancel(ctx), res.Run.ID); err == nil && run != nil {
+		res.Run = run
+	}
 }
 
 // finish closes the run and stamps the watermark when every slice is done,

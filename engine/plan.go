@@ -42,7 +42,9 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 		return nil, err
 	}
 	lower := checkpoint.LowerBound(from)
-	// One pass: the totals ride along on the largest slices as window
+	// One pass over the whole history, nothing written: a run plans the
+	// same slices piece by piece (a month's windows depend on its days
+	// only). The totals ride along on the largest slices as window
 	// aggregates (computed before the LIMIT). It reads the whole history,
 	// under PlanTimeout rather than the role's statement_timeout, in a
 	// read-only transaction (which a standby takes too).
@@ -52,7 +54,7 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 		}
 		rows, err := tx.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows,
 			count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+e.job.PlanSQL()+`) src
-			ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $3`, lower, e.cfg.MaxSliceRows, largest)
+			ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $4`, lower, e.cfg.MaxSliceRows, checkpoint.UpperBound(), largest)
 		if err != nil {
 			return err
 		}

@@ -137,7 +137,7 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 		if err != nil || !more {
 			return false, err
 		}
-		return true, sleep(ctx, pollInterval)
+		return true, idle(ctx, pollInterval)
 	}
 	// A cancel while waiting hands the claimed batch back with the rest.
 	if err := w.take(ctx, len(batch.Slices)-1); err != nil {

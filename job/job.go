@@ -20,6 +20,8 @@ import (
 var (
 	//go:embed plan.sql
 	planSQL string
+	//go:embed plan_bounds.sql
+	planBoundsSQL string
 	//go:embed delete.sql
 	deleteSQL string
 	//go:embed measures.sql
@@ -140,8 +142,16 @@ func (*Hourly) Version() string {
 
 // PlanSQL returns the query that lists the slices: columns workspace_id,
 // from_ts, to_ts, est_rows, read_from; $1 is the lower time bound, $2 the
-// most raw rows per window before a month is cut into shorter windows.
+// most raw rows per window before a month is cut into shorter windows, $3
+// the upper time bound (exclusive; a run is planned in pieces of whole
+// months).
 func (*Hourly) PlanSQL() string { return planSQL }
+
+// PlanBoundsSQL returns the query that finds the months of the oldest and
+// newest raw rows from $1 on (two timestamptz, NULL when there are none),
+// where planning in pieces starts and stops, counts those rows up to
+// $2 + 1, and estimates the table's rows.
+func (*Hourly) PlanBoundsSQL() string { return planBoundsSQL }
 
 // timePathCost weighs a row of the time path against one of the
 // workspace path: the time path reads every workspace's rows in the span

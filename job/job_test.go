@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 	t.Helper()
 	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows, read_from FROM (`+
-		new(job.Hourly).PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows)
+		new(job.Hourly).PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows, "infinity")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,11 @@
 -- the slice statement need not look at older tasks.
 -- $1: lower bound of created_at / bucket_hour ('-infinity' for all history).
 -- $2: most raw rows per window before a month is cut.
+-- $3: upper bound, exclusive ('infinity' for all history). A run is planned
+-- in pieces of whole UTC months (see checkpoint.Store.PlanNext): a month's
+-- windows depend on that month's days only, so planning [$1, $3) piece by
+-- piece yields the slices of planning it whole. Rollup rows are bounded by
+-- the unique key's index, which leads with bucket_hour.
 -- per_day may hold a (workspace, day) twice, once with its raw rows and once
 -- for its rollup rows; every step after it sums or takes the least, so
 -- merging the two there would only cost a second aggregation of every group.
@@ -24,12 +29,14 @@ WITH per_day AS (
     JOIN agent_task_queue t ON t.id = u.task_id
     JOIN agent a ON a.id = t.agent_id
     WHERE u.created_at >= $1
+      AND u.created_at < $3
       AND t.runtime_id IS NOT NULL
     GROUP BY 1, 2
     UNION ALL
     SELECT h.workspace_id, date_trunc('day', h.bucket_hour AT TIME ZONE 'UTC'), 0, NULL
     FROM task_usage_hourly h
     WHERE h.bucket_hour >= $1
+      AND h.bucket_hour < $3
     GROUP BY 1, 2
 ), days AS (
     -- A day joins part k of its month when the rows before it in the month

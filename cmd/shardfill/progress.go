@@ -53,6 +53,7 @@ type progress struct {
 	applied      *engine.Applied
 	healthReason string             // the health throttle's, "" when it holds nothing back
 	last         *checkpoint.Status // the latest run-wide read
+	planning     bool               // totals count the pieces planned so far
 }
 
 func newProgress(w io.Writer, log *slog.Logger, bar bool, interval time.Duration, m *metrics.Metrics) *progress {
@@ -77,6 +78,7 @@ func (p *progress) event(ev engine.Event) {
 	switch ev.Kind {
 	case engine.RunStarted:
 		p.run, p.totalSlices, p.totalRows = ev.Run, ev.Counts.Total, ev.Run.RowsTotal
+		p.planning = !ev.Run.PlanningDone
 		p.doneSlices, p.doneRows, p.began = ev.Counts.Done, ev.Counts.RowsDone, time.Now()
 		if p.bar && isTerminal(p.w) {
 			// The bar's own rate and ETA are off: it would count the rows
@@ -91,6 +93,13 @@ func (p *progress) event(ev engine.Event) {
 				progressbar.OptionClearOnFinish(),
 			)
 			_ = p.pb.Set64(p.doneRows)
+		}
+	case engine.PiecePlanned:
+		// Planning goes on beside the work: the totals grow with it.
+		p.planning = !ev.Run.PlanningDone
+		p.totalSlices, p.totalRows = max(p.totalSlices, ev.Run.SlicesTotal), max(p.totalRows, ev.Run.RowsTotal)
+		if p.pb != nil {
+			p.pb.ChangeMax64(max(p.totalRows, 1))
 		}
 	case engine.SliceDone:
 		p.doneSlices++
@@ -187,6 +196,7 @@ type figures struct {
 	paused                           bool
 	throttle                         *string
 	state                            string
+	planning                         bool // the totals count the pieces planned so far
 }
 
 func (p *progress) figures() (figures, bool) {
@@ -196,7 +206,7 @@ func (p *progress) figures() (figures, bool) {
 		return figures{}, false
 	}
 	f := figures{runID: p.run.ID, slicesDone: p.doneSlices, slicesTotal: p.totalSlices, rowsDone: p.doneRows,
-		rowsTotal: p.totalRows, failed: p.failed, retries: p.retries, state: string(checkpoint.StateRunning)}
+		rowsTotal: p.totalRows, failed: p.failed, retries: p.retries, state: string(checkpoint.StateRunning), planning: p.planning}
 	if worked := time.Since(p.began); worked >= warmup {
 		f.procRowsPerSecond = float64(p.rowsThisProc) / worked.Seconds()
 	}
@@ -214,6 +224,7 @@ func (p *progress) figures() (figures, bool) {
 	if st := p.last; st != nil {
 		// Run-wide: every process of the run counts.
 		f.slicesDone, f.rowsDone, f.failed, f.state = st.SlicesDone, st.RowsDone, st.SlicesFailed, string(st.State)
+		f.slicesTotal, f.rowsTotal, f.planning = st.SlicesTotal, st.RowsTotal, st.Planning
 		f.rowsPerSecond, f.eta = st.RowsPerSecond, st.ETASeconds
 		if st.ThrottleReason != nil {
 			f.throttle = st.ThrottleReason
@@ -243,7 +254,7 @@ func (p *progress) record() {
 		"rows_done", f.rowsDone, "rows_total", f.rowsTotal,
 		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", round1(f.procRowsPerSecond),
 		"eta_seconds", eta, "failed", f.failed, "retries", f.retries,
-		"paused", f.paused, "throttle_reason", throttle)
+		"paused", f.paused, "throttle_reason", throttle, "planning", f.planning)
 }
 
 // describe puts this process's pace and the run's ETA on the bar.

@@ -81,6 +81,9 @@ func printStatus(g *globals, st *checkpoint.Status) {
 		pct = 100 * float64(st.RowsDone) / float64(st.RowsTotal)
 	}
 	printf(w, "rows: %d of %d done (%.1f%%)\n", st.RowsDone, st.RowsTotal, pct)
+	if st.Planning {
+		printf(w, "planning: still in progress; the totals count the months planned so far\n")
+	}
 	if st.RowsPerSecond > 0 || st.ETASeconds != nil {
 		eta := "-"
 		if st.ETASeconds != nil {
