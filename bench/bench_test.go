@@ -204,3 +204,22 @@ func TestMedianTakesTheMiddleRound(t *testing.T) {
 		t.Fatal("Median reordered its argument")
 	}
 }
+
+// The ETA is judged at the first read past each mark, against the whole
+// run's totals, as a share of the time really left.
+func TestETAReportJudgesTheFirstReadPastEachMark(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	eta := func(s float64) *float64 { return &s }
+	samples := []etaSample{
+		{at: t0, done: 5, total: 100, eta: eta(100)},
+		{at: t0.Add(2 * time.Second), done: 12, total: 200, eta: eta(30), planning: true}, // 12 of 200 is not 10 %
+		{at: t0.Add(4 * time.Second), done: 25, total: 200, eta: eta(18)},                 // 10 %: 18 s predicted, 16 s left
+		{at: t0.Add(10 * time.Second), done: 100, total: 200, eta: nil},                   // 50 %: no ETA
+	}
+	got := etaReport(samples, t0.Add(20*time.Second), len(samples))
+	for _, want := range []string{"10%: ETA 18s, real 16s (+12%)", "50%: no ETA given with 10s left"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report %q lacks %q", got, want)
+		}
+	}
+}

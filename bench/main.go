@@ -60,7 +60,7 @@ func parse(args []string) (*options, error) {
 	conc := fs.String("concurrency", "1,2,4,8,16", "shardfill concurrencies")
 	fs.StringVar(&o.out, "out", "bench/results", "directory for <size>.md, <size>.csv, <size>-throughput.png")
 	fs.StringVar(&o.resultsDoc, "results-doc", "bench/RESULTS.md", "summary document rebuilt from the results directory (empty: none)")
-	scen := fs.String("scenarios", "default", "extra scenarios: latency,skew,plan1m,health, all, none, or default (the size's: medium runs latency,skew,plan1m)")
+	scen := fs.String("scenarios", "default", "extra scenarios: latency,skew,plan1m,health,eta, all, none, or default (the size's: medium runs latency,skew,plan1m)")
 	fs.IntVar(&o.serialMonths, "serial-months", -1, "months the serial reference runs on, the rest extrapolated (0 = all; -1 = the size's default)")
 	fs.IntVar(&o.rounds, "rounds", 0, "rounds of limit and shardfill, interleaved; each is reported by its median (0 = the size's default)")
 	scaleWith := fs.String("scale-with", "default", "a smaller size measured in the same run, interleaved, for the size ratio (none; default: the size's, medium for large)")
@@ -296,6 +296,12 @@ func run(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
+		case ScenarioETA:
+			res, err := h.ETA(ctx, db, 2)
+			if err != nil {
+				return err
+			}
+			rep.Scenarios = append(rep.Scenarios, res)
 		}
 	}
 

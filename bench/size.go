@@ -84,8 +84,8 @@ const (
 	ScenarioLatency = "latency"
 	ScenarioSkew    = "skew"
 	ScenarioPlan1M  = "plan1m"
-	// ScenarioHealth is in health.go.
+	// ScenarioHealth is in health.go, ScenarioETA in eta.go.
 )
 
 // AllScenarios lists every scenario in the order they run.
-var AllScenarios = []string{ScenarioLatency, ScenarioSkew, ScenarioPlan1M, ScenarioHealth}
+var AllScenarios = []string{ScenarioLatency, ScenarioSkew, ScenarioPlan1M, ScenarioHealth, ScenarioETA}

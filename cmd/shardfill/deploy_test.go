@@ -270,7 +270,7 @@ func TestDatabaseStatementTimeoutSparesPlanning(t *testing.T) {
 	// proves nothing.
 	started := time.Now()
 	if _, err := pool.Exec(ctx, `SELECT count(*) FROM (`+new(job.Hourly).PlanSQL()+`) p`,
-		checkpoint.LowerBound(nil), int64(engine.DefaultMaxSliceRows)); err != nil {
+		checkpoint.LowerBound(nil), int64(engine.DefaultMaxSliceRows), checkpoint.UpperBound()); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(started); took < 2*dbTimeout {
