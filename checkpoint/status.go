@@ -246,17 +246,23 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 	}
 	var now time.Time
 	var recent int64
+	var working *time.Time
 	err := s.db.QueryRow(ctx, s.q(`
-		SELECT now(), coalesce(sum(est_rows), 0)::bigint FROM _SCHEMA_.slice
+		SELECT now(), coalesce(sum(est_rows), 0)::bigint, min(started_at) FROM _SCHEMA_.slice
 		WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'
-		  AND ($2::timestamptz IS NULL OR finished_at >= $2)`), run.ID, since).Scan(&now, &recent)
+		  AND ($2::timestamptz IS NULL OR finished_at >= $2)`), run.ID, since).Scan(&now, &recent, &working)
 	if err != nil {
 		return err
 	}
 	if since != nil {
 		// The first seconds of a process's work are not a minute: divide by
 		// the time it has actually worked (at least a second, so a single
-		// early slice does not read as a torrent).
+		// early slice does not read as a torrent), counted from its first
+		// claim: planning the run's first piece, before it, is not work
+		// whose pace the rest of the run will have.
+		if working != nil && working.After(*since) {
+			since = working
+		}
 		window = min(window, max(now.Sub(*since), time.Second))
 	}
 	st.RateWindowSeconds = window.Seconds()
