@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -127,22 +128,32 @@ func (c *controller) sleepBetween() time.Duration { return time.Duration(c.sleep
 // run polls the control record every ControlInterval until ctx ends or
 // done is closed.
 func (c *controller) run(ctx context.Context, done <-chan struct{}) error {
-	for {
+	every := func() time.Duration {
 		// While batches in flight finish after a pause, look more often:
 		// the registry then says "paused" as soon as the last one is done.
-		every := ControlInterval
 		if c.pausing.Load() {
-			every = ControlInterval / 8
+			return ControlInterval / 8
 		}
+		return ControlInterval
+	}
+	return repeat(ctx, done, every, c.poll, c.e.cfg.Logger, "could not read the run's control record; keeping the limits in effect")
+}
+
+// repeat calls poll after every interval until ctx ends or done is
+// closed. A failed poll is logged (as failed) and the next one tried: the
+// process keeps what it applied last.
+func repeat(ctx context.Context, done <-chan struct{}, interval func() time.Duration, poll func(context.Context) error,
+	log *slog.Logger, failed string) error {
+	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-done:
 			return nil
-		case <-time.After(every):
+		case <-time.After(interval()):
 		}
-		if err := c.poll(ctx); err != nil && ctx.Err() == nil {
-			c.e.cfg.Logger.Warn("could not read the run's control record; keeping the limits in effect", "err", err)
+		if err := poll(ctx); err != nil && ctx.Err() == nil {
+			log.Warn(failed, "err", err)
 		}
 	}
 }

@@ -141,18 +141,8 @@ func (h *health) decision() throttle.Decision {
 // run polls every PollInterval until ctx ends or done is closed.
 func (h *health) run(ctx context.Context, done <-chan struct{}) error {
 	every := h.mon.Config().PollInterval
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-done:
-			return nil
-		case <-time.After(every):
-		}
-		if err := h.poll(ctx); err != nil && ctx.Err() == nil {
-			h.e.cfg.Logger.Warn("could not acknowledge the health throttle's pace in the registry", "err", err)
-		}
-	}
+	return repeat(ctx, done, func() time.Duration { return every }, h.poll,
+		h.e.cfg.Logger, "could not acknowledge the health throttle's pace in the registry")
 }
 
 // poll reads the signals once and applies the pace they allow.

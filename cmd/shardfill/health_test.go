@@ -47,7 +47,7 @@ func loadedDB(t *testing.T, srv *pgserver.Server) string {
 
 // inproc is `shardfill run` running in-process in the background.
 type inproc struct {
-	out    syncBuffer
+	out    testenv.Output
 	code   chan int
 	cancel context.CancelFunc
 }
@@ -98,7 +98,7 @@ type healthStatus struct {
 
 func healthStatusOf(t *testing.T, url string) healthStatus {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testenv.Output
 	code := execute(context.Background(), []string{"status", "--json", "--database-url", url}, &out, &errOut)
 	var st healthStatus
 	if code != 0 {

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,28 +39,10 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a shardfill binary running in the background.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
+	stdout, stderr testenv.Output
 	exited         chan struct{}
 	code           int
 }
@@ -411,7 +392,7 @@ func TestFailuresGroupedAndStatusCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testenv.Output
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
 	_, err = testenv.Engine(t, url, &failWorkspace{workspace: ws}, engine.Config{MaxAttempts: 1, Logger: logger}).Run(context.Background())
 	var failed *engine.FailedError

@@ -1,7 +1,6 @@
 package faults_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -72,30 +71,12 @@ func shardfillBin(t *testing.T) string {
 	return binPath
 }
 
-// syncBuf is an output sink shared by a process's stdout and stderr.
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is one shardfill process.
 type proc struct {
 	checked bool // its output was already checked for the password
 	args    []string
 	cmd     *exec.Cmd
-	out     *syncBuf
+	out     *testenv.Output
 	done    chan struct{}
 	code    int
 }
@@ -155,7 +136,7 @@ func redactArgs(args []string, pw string) []string {
 // extraEnv).
 func (b *bins) start(extraEnv []string, args ...string) *proc {
 	b.t.Helper()
-	p := &proc{args: args, out: &syncBuf{}, done: make(chan struct{})}
+	p := &proc{args: args, out: &testenv.Output{}, done: make(chan struct{})}
 	p.cmd = exec.Command(b.path, args...)
 	p.cmd.Env = append(append([]string(nil), b.env...), extraEnv...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

@@ -4,9 +4,11 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,4 +149,24 @@ func Engine(t testing.TB, url string, j engine.Job, cfg engine.Config) *engine.E
 		t.Fatal(err)
 	}
 	return e
+}
+
+// Output collects what a background process (or a logger) writes while a
+// test reads it.
+type Output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+// String is everything written so far.
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }
