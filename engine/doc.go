@@ -4,7 +4,11 @@
 // once every slice is done.
 //
 // The engine holds the cron job's advisory lock (4246) in shared mode on a
-// dedicated connection for as long as it works, so the cron tick stays out;
+// dedicated connection, in a transaction that connection keeps open (so
+// that it works behind any pooler, see cronLock), for as long as it works,
+// watched every second from the moment it is taken, so the cron tick stays
+// out; when the application asks for the lock exclusively it is yielded
+// without a gap (yield.go);
 // several processes can hold it at once and share one run. Each slice's
 // rollup rows and its done mark commit in one transaction, so cancelling at
 // any instant loses nothing but the work in flight, which a re-run redoes.
