@@ -218,3 +218,26 @@ func TestLockWatchedDuringPlanning(t *testing.T) {
 		t.Error("the cron lock is still held after the run stopped")
 	}
 }
+
+// --sleep-between-slices pauses each worker after each batch: a process of
+// one worker spends at least that pause per batch, however many spare
+// workers wait at the gate for a raised concurrency.
+func TestSleepBetweenSlicesSlowsEveryWorker(t *testing.T) {
+	t.Parallel()
+	url := testenv.DB(t, &testenv.Small)
+	const pause = 20 * time.Millisecond
+	var batches atomic.Int64
+	start := time.Now()
+	res := run(t, testenv.Engine(t, url, nil, engine.Config{Concurrency: 1, BatchSlices: 1, SleepBetweenSlices: pause,
+		OnEvent: func(ev engine.Event) {
+			if ev.Kind == engine.SliceDone {
+				batches.Add(1)
+			}
+		}}))
+	if took, least := time.Since(start), time.Duration(batches.Load()-1)*pause; took < least {
+		t.Fatalf("%d one-slice batches by one worker took %s, less than their pauses alone (%s)", batches.Load(), took, least)
+	}
+	if res.Outcome.State != checkpoint.StateDone {
+		t.Fatalf("run ended %s", res.Outcome.State)
+	}
+}

@@ -102,9 +102,6 @@ func (w *workers) loop(ctx context.Context) error {
 			}
 			return err
 		}
-		if err := sleep(ctx, w.ctl.sleepBetween()); err != nil {
-			return err
-		}
 	}
 }
 
@@ -143,7 +140,13 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 	if err := w.take(ctx, len(batch.Slices)-1); err != nil {
 		return false, err
 	}
-	return true, w.batch(ctx, *batch)
+	if err := w.batch(ctx, *batch); err != nil {
+		return false, err
+	}
+	// The pause after a batch is taken inside the gate: a worker that
+	// left it would hand its place to one of the spare workers at once,
+	// and the pause would slow nothing down.
+	return true, sleep(ctx, w.ctl.sleepBetween())
 }
 
 // take waits for n tokens of the rate limiter. The limiter refuses at once
