@@ -331,22 +331,6 @@ func TestWatermarkStampedOnceAtPlanTime(t *testing.T) {
 	}
 }
 
-// failingJob fails (permanently) every batch holding a slice of one
-// workspace; the engine must narrow the failure down to that workspace's
-// slices.
-type failingJob struct {
-	job.Hourly
-	workspace string
-}
-
-func (f *failingJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
-	if slices.ContainsFunc(w.Slices, func(s shard.Slice) bool { return s.Workspace == f.workspace }) {
-		b.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
-		return
-	}
-	f.Hourly.Queue(b, w, written)
-}
-
 // While a run works the cron job cannot take its lock; after a normal end,
 // an error and a cancel it can.
 func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
@@ -381,7 +365,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT workspace_id::text FROM task_usage_hourly LIMIT 1`).Scan(&ws); err != nil {
 		t.Fatal(err)
 	}
-	_, err := testenv.Engine(t, url, &failingJob{workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
+	_, err := testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) || failed.Failed == 0 {
 		t.Fatalf("want FailedError, got %v", err)
@@ -414,7 +398,7 @@ func TestFailedSlicesThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := testenv.Engine(t, url, &failingJob{workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
+	res, err := testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)

@@ -20,13 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
-	"github.com/shardfill/shardfill/shard"
 )
 
 // buildBinary builds the real shardfill binary for one test.
@@ -364,20 +361,6 @@ func TestMetricsProgressRecordsAndRateETA(t *testing.T) {
 	testenv.RequireOracle(t, pool)
 }
 
-// failWorkspace fails every slice of one workspace with one error.
-type failWorkspace struct {
-	job.Hourly
-	workspace string
-}
-
-func (f *failWorkspace) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
-	if slices.ContainsFunc(w.Slices, func(s shard.Slice) bool { return s.Workspace == f.workspace }) {
-		b.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
-		return
-	}
-	f.Hourly.Queue(b, w, written)
-}
-
 // Many slices failing with one cause log one ERROR line for it and show
 // as one group in status, with its count; status --check exits 1 for a
 // failed and an interrupted run, 0 once done.
@@ -394,7 +377,7 @@ func TestFailuresGroupedAndStatusCheck(t *testing.T) {
 	}
 	var logs testenv.Output
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
-	_, err = testenv.Engine(t, url, &failWorkspace{workspace: ws}, engine.Config{MaxAttempts: 1, Logger: logger}).Run(context.Background())
+	_, err = testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{MaxAttempts: 1, Logger: logger}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)

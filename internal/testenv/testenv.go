@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/shard"
 )
 
 // Small is a history with every edge case that loads in well under a second.
@@ -169,4 +171,20 @@ func (o *Output) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.buf.String()
+}
+
+// FailingJob is the production job but that every batch holding a slice of
+// Workspace fails, permanently, with one error: the engine must narrow the
+// failure down to that workspace's slices.
+type FailingJob struct {
+	job.Hourly
+	Workspace string
+}
+
+func (f *FailingJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
+	if slices.ContainsFunc(batch.Slices, func(s shard.Slice) bool { return s.Workspace == f.Workspace }) {
+		tx.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
+		return
+	}
+	f.Hourly.Queue(tx, batch, written)
 }
