@@ -184,7 +184,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
 		SourceSQL: e.job.PlanSQL(), BoundsSQL: e.job.PlanBoundsSQL(), PieceRows: e.cfg.PlanPieceRows,
 		RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows, Timeout: e.cfg.PlanTimeout,
-		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.pid,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.backend(),
 	})
 	var busy *checkpoint.BusyError
 	if errors.As(err, &busy) {
