@@ -130,10 +130,19 @@ func collectClaimed(rows pgx.Rows) ([]shard.Slice, readCost, error) {
 	perWindow := map[[2]time.Time]int64{}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
 		var sl shard.Slice
-		var readFrom *time.Time
+		var ws *string
+		var from, to, readFrom *time.Time
 		var wsRows, windowRows int64
-		err := r.Scan(&sl.RunID, &sl.ID, &sl.Workspace, &sl.From, &sl.To, &sl.EstRows, &sl.Attempt, &readFrom,
+		err := r.Scan(&sl.RunID, &sl.ID, &ws, &from, &to, &sl.Lo, &sl.Hi, &sl.EstRows, &sl.Attempt, &readFrom,
 			&wsRows, &windowRows, &sl.WatermarkTarget)
+		if ws != nil {
+			sl.Workspace = *ws
+		}
+		if from != nil && to != nil {
+			sl.From, sl.To = *from, *to
+		} else {
+			sl.KeyRange = true
+		}
 		if readFrom != nil {
 			sl.ReadFrom = *readFrom
 		} else {

@@ -6,7 +6,7 @@
 WITH first AS (
 	SELECT run_id, id, est_rows, from_ts, to_ts
 	FROM _SCHEMA_.slice
-	WHERE run_id = $1 AND state = 'pending'
+	WHERE run_id = $1 AND state = 'pending' AND (retry_at IS NULL OR retry_at <= now())
 	ORDER BY id LIMIT 1
 	FOR UPDATE SKIP LOCKED
 ), mates AS (

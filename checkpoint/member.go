@@ -9,43 +9,55 @@ import (
 )
 
 // memberClass is the first key of the membership lock: every process that
-// works on a schema's runs holds (memberClass, hashtext('member:' ||
-// schema)) in shared mode on its lock connection for as long as it works.
-// The cron lock says that some backfill works on the database; the
-// membership lock says for which checkpoint schema, so a process can tell
-// its own run's processes from another schema's run, which must never
-// write the same rollup at the same time.
-const memberClass = 4247
+// works on a job's runs in a schema holds (memberClass, hashtext('member:'
+// || schema || '/' || job)) in shared mode on its lock connection for as
+// long as it works. jobClass is the first key of the job lock, (jobClass,
+// hashtext('job:' || job)), which it holds beside it whatever the schema.
+// The job's own lock says that some backfill works on the database; the
+// two say for which job and which checkpoint schema, so a process can tell
+// its own run's processes from another schema's run of the same job, which
+// must never write the same rows at the same time, while runs of other
+// jobs go on beside it.
+const (
+	memberClass = 4247
+	jobClass    = 4248
+)
 
 // ErrSuperseded stops a process whose run was replaced by a newer one
 // (planned with NewRun) while it worked: its claims and commits are refused
 // from then on, so it cannot write beside the new run.
 var ErrSuperseded = errors.New("the run was superseded by a newer run")
 
-// Join takes the membership lock in the transaction open on conn, the
-// process's lock connection, which holds it until that transaction ends.
+// Join takes the membership and job locks in the transaction open on conn,
+// the process's lock connection, which holds them until that transaction
+// ends.
 func (s *Store) Join(ctx context.Context, conn *pgx.Conn) error {
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, memberClass, s.memberName()); err != nil {
-		return fmt.Errorf("join schema %s: %w", s.schema, err)
+	_, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1, hashtext($2)), pg_advisory_xact_lock_shared($3, hashtext($4))`,
+		memberClass, s.memberName(), jobClass, s.jobName())
+	if err != nil {
+		return fmt.Errorf("join schema %s for job %s: %w", s.schema, s.job, err)
 	}
 	return nil
 }
 
-func (s *Store) memberName() string { return "member:" + s.schema }
+func (s *Store) memberName() string { return "member:" + s.schema + "/" + s.job }
+func (s *Store) jobName() string    { return "job:" + s.job }
 
-// memberHeld is the SQL condition that the pg_locks row alias is a
-// granted membership lock of this database, of any schema.
-func memberHeld(alias string) string {
+// heldLock is the SQL condition that the pg_locks row alias is a granted
+// two-key advisory lock of class in this database, keyed by hashtext of
+// the SQL expression name.
+func heldLock(alias string, class int, name string) string {
 	return fmt.Sprintf(`%[1]s.locktype = 'advisory' AND %[1]s.classid = %[2]d AND %[1]s.objsubid = 2 AND %[1]s.granted
-	AND %[1]s.database = (SELECT oid FROM pg_database WHERE datname = current_database())`, alias, memberClass)
+	AND %[1]s.objid = hashtext(%[3]s)::oid
+	AND %[1]s.database = (SELECT oid FROM pg_database WHERE datname = current_database())`, alias, class, name)
 }
 
-// Members returns the backend pids working on this schema's runs, but
-// except (0 for none): the processes alive right now, whether or not they
-// hold a claim at this instant.
+// Members returns the backend pids working on this schema's runs of the
+// job, but except (0 for none): the processes alive right now, whether or
+// not they hold a claim at this instant.
 func (s *Store) Members(ctx context.Context, except int) ([]int, error) {
 	rows, err := s.db.Query(ctx, `SELECT l.pid FROM pg_locks l
-		WHERE `+memberHeld("l")+` AND l.objid = hashtext($1)::oid AND l.pid <> $2 ORDER BY 1`,
+		WHERE `+heldLock("l", memberClass, "$1")+` AND l.pid <> $2 ORDER BY 1`,
 		s.memberName(), except)
 	if err != nil {
 		return nil, fmt.Errorf("list the processes of schema %s: %w", s.schema, err)
@@ -53,15 +65,17 @@ func (s *Store) Members(ctx context.Context, except int) ([]int, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[int])
 }
 
-// OtherSchemas describes the backends that work for another checkpoint
-// schema of this database ("" when none): another backfill of the same
-// rollup, which two runs must never write at once.
+// OtherSchemas describes the backends that work on the same job for
+// another checkpoint schema of this database ("" when none): another
+// backfill of the same rows, which two runs must never write at once.
 func (s *Store) OtherSchemas(ctx context.Context) (string, error) {
 	var who string
 	err := s.db.QueryRow(ctx, `
 		SELECT coalesce(string_agg(format('pid %s (%s)', l.pid, coalesce(nullif(a.application_name, ''), 'no application_name')), ', '), '')
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE `+memberHeld("l")+` AND l.objid <> hashtext($1)::oid`, s.memberName()).Scan(&who)
+		WHERE `+heldLock("l", jobClass, "$2")+`
+		  AND NOT EXISTS (SELECT FROM pg_locks m WHERE m.pid = l.pid AND `+heldLock("m", memberClass, "$1")+`)`,
+		s.memberName(), s.jobName()).Scan(&who)
 	if err != nil {
 		return "", fmt.Errorf("look for backfills of other schemas: %w", err)
 	}

@@ -147,6 +147,9 @@ var addedColumns = []struct{ table, column string }{
 	{"slice", "cause"},
 	{"process", "effective_rate"},
 	{"run", "planning_ended_at"},
+	{"run", "plan_key"},
+	{"slice", "stalls"},
+	{"slice", "retry_at"},
 }
 
 // Installed reports whether the checkpoint tables exist, so read-only

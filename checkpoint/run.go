@@ -78,15 +78,16 @@ type querier interface {
 
 // latestRun returns the newest run, or nil when there is none.
 func (s *Store) latestRun(ctx context.Context, q querier) (*Run, error) {
-	return scanRun(q.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run ORDER BY id DESC LIMIT 1`)))
+	return scanRun(q.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE job = $1 ORDER BY id DESC LIMIT 1`), s.job))
 }
 
 // LatestRun returns the newest run, or nil when there is none.
 func (s *Store) LatestRun(ctx context.Context) (*Run, error) { return s.latestRun(ctx, s.db) }
 
-// GetRun returns run id, or nil when there is no such run.
+// GetRun returns run id of the store's job, or nil when there is no such
+// run.
 func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
-	return scanRun(s.db.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+	return scanRun(s.db.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1 AND job = $2`), id, s.job))
 }
 
 // PlanSpec describes how to plan a new run.
@@ -125,6 +126,20 @@ type PlanSpec struct {
 	// none): a role's or database's own would kill planning, and waiting
 	// for another process's planning, on a big history.
 	Timeout time.Duration
+	// Pieces plans the run's slices. Nil: the rollup's months, planned by
+	// SourceSQL and BoundsSQL ([MonthPieces]).
+	Pieces Pieces
+	// Params are the job's parameters as given (normalised text, nil for
+	// NULL), kept with the run so that status shows what it runs.
+	Params map[string]*string
+}
+
+// pieces is how the run of spec is planned.
+func (spec PlanSpec) pieces() Pieces {
+	if spec.Pieces != nil {
+		return spec.Pieces
+	}
+	return MonthPieces{SourceSQL: spec.SourceSQL, BoundsSQL: spec.BoundsSQL, PieceRows: spec.PieceRows}
 }
 
 // TimeoutSQL sets statement_timeout for the rest of the transaction to
@@ -210,41 +225,49 @@ func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
 	return err
 }
 
-// plan inserts a run and plans its first piece (see planPiece): the
-// newest month, so that workers can start while the rest is planned. The
-// watermark target is taken here, before any raw row is read.
+// plan inserts a run and plans its first piece, so that workers can
+// start while the rest is planned. The watermark target is taken here,
+// before any row is read.
 func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
 	var id int64
 	err := tx.QueryRow(ctx, s.q(`
 		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at,
-		                          planning_done, plan_cursor, plan_max_rows)
-		VALUES ('running', now() - interval '5 minutes', $1, $2, now(), false, 'infinity', $3)
-		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows).Scan(&id)
+		                          planning_done, plan_cursor, plan_max_rows, job, params)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, now(), false, 'infinity', $3, $4, $5)
+		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows, s.job, spec.Params).Scan(&id)
 	if err != nil {
 		return nil, err
 	}
-	if spec.BoundsSQL != "" {
-		var floor, top *time.Time
-		var rows, estimate int64
-		pieceRows := spec.PieceRows
-		if pieceRows <= 0 {
-			pieceRows = DefaultPieceRows
-		}
-		if err := tx.QueryRow(ctx, spec.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows, &estimate); err != nil {
-			return nil, fmt.Errorf("plan bounds: %w", err)
-		}
-		if rows > pieceRows && floor != nil && top != nil {
-			_, err = tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3, plan_piece_months = $4 WHERE id = $1`),
-				id, floor, top, minPieceMonths(max(rows, estimate), monthsFrom(*floor, *top)+1, pieceRows))
-			if err != nil {
-				return nil, err
-			}
-		}
+	pieces := spec.pieces()
+	if err := pieces.begin(ctx, s, tx, id, spec); err != nil {
+		return nil, err
 	}
-	if _, err := s.planPiece(ctx, tx, id, spec.SourceSQL); err != nil {
+	if _, err := s.planNext(ctx, tx, id, pieces); err != nil {
 		return nil, err
 	}
 	return scanRun(tx.QueryRow(ctx, s.q(`SELECT `+runColumns+` FROM _SCHEMA_.run WHERE id = $1`), id))
+}
+
+// begin finds where planning in pieces of months starts and stops.
+func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, spec PlanSpec) error {
+	if m.BoundsSQL == "" {
+		return nil
+	}
+	var floor, top *time.Time
+	var rows, estimate int64
+	pieceRows := m.PieceRows
+	if pieceRows <= 0 {
+		pieceRows = DefaultPieceRows
+	}
+	if err := tx.QueryRow(ctx, m.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows, &estimate); err != nil {
+		return fmt.Errorf("plan bounds: %w", err)
+	}
+	if rows > pieceRows && floor != nil && top != nil {
+		_, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3, plan_piece_months = $4 WHERE id = $1`),
+			id, floor, top, minPieceMonths(max(rows, estimate), monthsFrom(*floor, *top)+1, pieceRows))
+		return err
+	}
+	return nil
 }
 
 // DefaultPieceRows is PlanSpec.PieceRows's default.
@@ -314,7 +337,7 @@ func (s *Store) planList(ctx context.Context, tx pgx.Tx) (planTable, error) {
 // it, and a piece is planned once whoever does (the run row's cursor moves
 // with the piece's slices, in the same commit). It reports whether
 // planning is done (nothing was left, or this was the last piece).
-func (s *Store) PlanNext(ctx context.Context, runID int64, sourceSQL string, timeout time.Duration) (done bool, err error) {
+func (s *Store) PlanNext(ctx context.Context, runID int64, pieces Pieces, timeout time.Duration) (done bool, err error) {
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, TimeoutSQL, TimeoutSetting(timeout)); err != nil {
 			return err
@@ -322,7 +345,7 @@ func (s *Store) PlanNext(ctx context.Context, runID int64, sourceSQL string, tim
 		if _, err := tx.Exec(ctx, turnSQL, s.turn("plan")...); err != nil {
 			return err
 		}
-		done, err = s.planPiece(ctx, tx, runID, sourceSQL)
+		done, err = s.planNext(ctx, tx, runID, pieces)
 		return err
 	})
 	if err != nil {
@@ -331,33 +354,43 @@ func (s *Store) PlanNext(ctx context.Context, runID int64, sourceSQL string, tim
 	return done, nil
 }
 
-// planPiece plans the piece below the run's cursor in tx: the newest month
+// planNext plans the run's next piece in tx, unless the run is superseded
+// or fully planned, and reports whether planning is done.
+func (s *Store) planNext(ctx context.Context, tx pgx.Tx, runID int64, pieces Pieces) (bool, error) {
+	var state RunState
+	var done bool
+	err := tx.QueryRow(ctx, s.q(`SELECT state, planning_done FROM _SCHEMA_.run WHERE id = $1 FOR NO KEY UPDATE`), runID).Scan(&state, &done)
+	switch {
+	case err != nil:
+		return false, err
+	case state == StateSuperseded:
+		return false, fmt.Errorf("run %d: %w", runID, ErrSuperseded)
+	case done || state == StateDone:
+		return true, nil
+	}
+	return pieces.next(ctx, s, tx, runID)
+}
+
+// next plans the piece below the run's cursor in tx: the newest month
 // (open upwards, so rows newer than the bounds found when the run was
 // created are planned too) first, then earlier ones, the oldest piece open
 // downwards to the run's range (history older than the oldest month, and
 // rollup rows of no raw row, are planned with it). It reports whether the
 // run is now fully planned.
-func (s *Store) planPiece(ctx context.Context, tx pgx.Tx, runID int64, sourceSQL string) (bool, error) {
+func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (bool, error) {
+	sourceSQL := m.SourceSQL
 	var (
-		state               RunState
-		done                bool
 		cursor              pgtype.Timestamptz
 		top, floor, rangeTo *time.Time
 		maxRows             *int64
 		pieces, least       int
 	)
 	err := tx.QueryRow(ctx, s.q(`
-		SELECT state, planning_done, plan_cursor, plan_top, plan_floor, range_from, plan_max_rows, plan_pieces, plan_piece_months
-		FROM _SCHEMA_.run WHERE id = $1 FOR NO KEY UPDATE`), runID).
-		Scan(&state, &done, &cursor, &top, &floor, &rangeTo, &maxRows, &pieces, &least)
+		SELECT plan_cursor, plan_top, plan_floor, range_from, plan_max_rows, plan_pieces, plan_piece_months
+		FROM _SCHEMA_.run WHERE id = $1`), runID).
+		Scan(&cursor, &top, &floor, &rangeTo, &maxRows, &pieces, &least)
 	if err != nil {
 		return false, err
-	}
-	if state == StateSuperseded {
-		return false, fmt.Errorf("run %d: %w", runID, ErrSuperseded)
-	}
-	if done || state == StateDone {
-		return true, nil
 	}
 	if maxRows == nil {
 		return false, fmt.Errorf("run %d has no planning state", runID)

@@ -167,3 +167,31 @@ ALTER TABLE _SCHEMA_.process ADD COLUMN IF NOT EXISTS effective_concurrency inte
                              ADD COLUMN IF NOT EXISTS effective_rate double precision;
 
 DROP INDEX IF EXISTS _SCHEMA_.slice_from_idx;
+
+-- Runs of several jobs live side by side: each run names its job (the
+-- rollup's runs, planned before jobs were files, are its), the
+-- operator's parameters (normalised text, see package jobfile), and the
+-- types its slices' shard and key bounds are kept in. plan_key is the
+-- key-range planner's cursor: the lower bound of the range not planned
+-- yet (NULL: from the start of the key space).
+ALTER TABLE _SCHEMA_.run ADD COLUMN IF NOT EXISTS job text NOT NULL DEFAULT 'task-usage-hourly',
+                         ADD COLUMN IF NOT EXISTS params jsonb,
+                         ADD COLUMN IF NOT EXISTS key_type text,
+                         ADD COLUMN IF NOT EXISTS shard_type text,
+                         ADD COLUMN IF NOT EXISTS plan_key text;
+CREATE INDEX IF NOT EXISTS run_job_idx ON _SCHEMA_.run (job, id);
+
+-- A job file's slice: an optional shard value and a key range [lo, hi),
+-- both as text in the run's types (NULL lo or hi: open at that end). The
+-- rollup's (workspace, window) columns stay NULL on them. stalls counts
+-- the passes of a repeated slice that changed nothing while rows stayed
+-- locked by other sessions (the guard fails it after the job's limit);
+-- such a slice goes back to pending, claimed again from retry_at on.
+ALTER TABLE _SCHEMA_.slice ADD COLUMN IF NOT EXISTS shard text,
+                           ADD COLUMN IF NOT EXISTS lo text,
+                           ADD COLUMN IF NOT EXISTS hi text,
+                           ADD COLUMN IF NOT EXISTS stalls integer NOT NULL DEFAULT 0,
+                           ADD COLUMN IF NOT EXISTS retry_at timestamptz,
+                           ALTER COLUMN workspace_id DROP NOT NULL,
+                           ALTER COLUMN from_ts DROP NOT NULL,
+                           ALTER COLUMN to_ts DROP NOT NULL;

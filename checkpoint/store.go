@@ -18,15 +18,49 @@ type Store struct {
 	schema string // as given, for messages and lock keys
 	ident  string // sanitized, for SQL
 	lock   cronlock.Key
+	job    string // the job whose runs this store reads and writes
+	fence  Fence
 }
+
+// Fence is what a slice transaction checks of the job's lock before it
+// commits (see Fenced).
+type Fence int
+
+const (
+	// FenceShared: the claimant's lock connection holds the lock, and the
+	// transaction takes it in shared mode too, failing with
+	// ErrLockContended while a session waits for it exclusively (the
+	// rollup's cron lock, which the engine yields).
+	FenceShared Fence = iota
+	// FenceHeld: the claimant's lock connection holds the lock (a lock
+	// held exclusively, or one that is never yielded).
+	FenceHeld
+	// FenceNone: only that the run is not superseded (a job whose lock
+	// keeps nothing out that a slice could race).
+	FenceNone
+)
 
 // New returns a Store for the checkpoint tables in schema. cronLockKey is
 // the advisory lock the job's incremental cron entry takes: every process
 // working on a run holds it in shared mode, and the store's fence and
 // liveness checks look for it.
 func New(db *pgxpool.Pool, schema string, cronLockKey int64) *Store {
-	return &Store{db: db, schema: schema, ident: pgx.Identifier{schema}.Sanitize(), lock: cronlock.Key(cronLockKey)}
+	return NewJob(db, schema, DefaultJob, cronLockKey, FenceShared)
 }
+
+// DefaultJob is the job a run belongs to unless it says otherwise: the
+// hourly rollup, whose runs were planned before jobs had names.
+const DefaultJob = "task-usage-hourly"
+
+// NewJob returns a Store for the runs of job in schema; lockKey is the
+// advisory lock the job's processes hold while they work (see New), and
+// fence what its slice transactions check of it.
+func NewJob(db *pgxpool.Pool, schema, job string, lockKey int64, fence Fence) *Store {
+	return &Store{db: db, schema: schema, ident: pgx.Identifier{schema}.Sanitize(), lock: cronlock.Key(lockKey), job: job, fence: fence}
+}
+
+// Job is the name of the job whose runs the store reads and writes.
+func (s *Store) Job() string { return s.job }
 
 // q qualifies the table names of a statement with the store's schema.
 func (s *Store) q(sql string) string { return strings.ReplaceAll(sql, "_SCHEMA_", s.ident) }

@@ -16,35 +16,71 @@ import (
 	"github.com/shardfill/shardfill/throttle"
 )
 
-// Job is what the engine asks of the rollup it drives; job.Hourly is the
-// production implementation. Every statement on the job's own tables is
-// the job's: the engine only schedules, checkpoints and retries.
+// Job is what the engine asks of the backfill it drives: job.Hourly (the
+// rollup) and sqljob.Job (a job file) are the implementations. Every
+// statement on the job's own tables is the job's: the engine only
+// schedules, checkpoints and retries. A job does its slices' work one of
+// two ways: a [Queuer] sends a batch's statements in one round trip, a
+// [SliceRunner] runs one slice's statements in turn.
 type Job interface {
+	// Name names the job's runs in the checkpoint tables.
+	Name() string
 	// Version identifies the slice logic; a run is only resumed by the
 	// same version.
 	Version() string
-	// CronLockKey is the advisory lock the job's incremental cron entry
-	// takes: the engine holds it in shared mode while it works, and every
-	// slice transaction checks it.
-	CronLockKey() int64
+	// Lock is the advisory lock the engine holds while it works, and how.
+	Lock() job.Lock
 	// Preflight checks, without writing, that the database is ready; the
 	// job may also learn from it what its statements can rely on. It runs
 	// before any batch is queued.
 	Preflight(ctx context.Context, q job.Querier) error
-	// PlanSQL lists the slices (see checkpoint.PlanSpec.SourceSQL).
-	PlanSQL() string
-	// PlanBoundsSQL finds where planning in pieces starts and stops (see
-	// checkpoint.PlanSpec.BoundsSQL).
-	PlanBoundsSQL() string
+	// Pieces plans a run's slices (pieceRows: Config.PlanPieceRows).
+	Pieces(pieceRows int64) checkpoint.Pieces
+	// Preview tells what a run would do, reading only, in tx.
+	Preview(ctx context.Context, tx pgx.Tx, opts job.PreviewOpts) (job.Preview, error)
+	// Stamp runs the job's finish once every slice is done, in the
+	// fenced transaction that closes the run: for the rollup, the hand-
+	// over to the incremental job at the watermark at, for a run over the
+	// history from from (nil: all of it). It reports false when there was
+	// nothing to stamp.
+	Stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error)
+}
+
+// Queuer is a job whose batch work is a fixed list of statements.
+type Queuer interface {
+	// Queue appends the statements that do a batch's work to tx, the
+	// batch's transaction; *written receives the rows written.
+	Queue(tx *pgx.Batch, batch shard.Batch, written *int64)
+}
+
+// SliceRunner is a job whose slice work depends on its own results (a
+// statement repeated until it changes no row); its batches hold one
+// slice each.
+type SliceRunner interface {
+	// RunSlice does one slice's work in tx, the slice's fenced
+	// transaction, and says whether it is done; rows is what it changed.
+	RunSlice(ctx context.Context, tx pgx.Tx, sl shard.Slice) (v checkpoint.Verdict, rows int64, err error)
+}
+
+// Parameterized is a job run with the operator's parameters, which are
+// stored with its run.
+type Parameterized interface {
+	Params() map[string]*string
+}
+
+func paramsOf(j Job) map[string]*string {
+	if p, ok := j.(Parameterized); ok {
+		return p.Params()
+	}
+	return nil
+}
+
+// Ranged is a job whose runs can be limited to recent history
+// (Config.MonthsBack).
+type Ranged interface {
 	// HasRowsBefore reports whether raw rows older than at exist: history
 	// that a run limited to start at at would leave out.
 	HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error)
-	// Queue appends the statements that replace a batch's rollup rows to
-	// tx, the batch's transaction; *written receives the rows written.
-	Queue(tx *pgx.Batch, batch shard.Batch, written *int64)
-	// Stamp hands over to the incremental job at the watermark, for a run
-	// over the history from from (nil: all of it).
-	Stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error)
 }
 
 // EventKind says what happened to a slice.
@@ -100,7 +136,16 @@ func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
 	if err := checkpoint.ValidSchema(schema); err != nil {
 		return nil, &ConfigError{"{Schema}: " + err.Error()}
 	}
-	return &Engine{db: db, store: checkpoint.New(db, schema, j.CronLockKey()), job: j, cfg: c}, nil
+	_, queues := j.(Queuer)
+	_, runs := j.(SliceRunner)
+	if !queues && !runs {
+		return nil, fmt.Errorf("job %s neither queues nor runs slices", j.Name())
+	}
+	if _, ranged := j.(Ranged); !ranged && (c.MonthsBack != 0 || c.MonthsBackGiven) {
+		return nil, &ConfigError{fmt.Sprintf("{MonthsBack} applies to the rollup's history; job %s is sliced by its own ranges", j.Name())}
+	}
+	l := j.Lock()
+	return &Engine{db: db, store: checkpoint.NewJob(db, schema, j.Name(), l.Key, l.Fence), job: j, cfg: c}, nil
 }
 
 // Result is what a run did in this process.
@@ -150,7 +195,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	}
 
 	parent := ctx
-	lock, err := acquireLock(ctx, e.db, e.job.CronLockKey(), e.store.Join, e.cfg.Logger)
+	lock, err := acquireLock(ctx, e.db, e.job.Lock(), e.store.Join, e.cfg.Logger)
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}
@@ -182,7 +227,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, interrupted(ctx, err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
-		SourceSQL: e.job.PlanSQL(), BoundsSQL: e.job.PlanBoundsSQL(), PieceRows: e.cfg.PlanPieceRows,
+		Pieces: e.job.Pieces(e.cfg.PlanPieceRows), Params: paramsOf(e.job),
 		RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows, Timeout: e.cfg.PlanTimeout,
 		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.backend(),
 	})
@@ -411,7 +456,7 @@ func (e *Engine) rangeFrom(ctx context.Context) (*time.Time, error) {
 	if err != nil {
 		return nil, err
 	}
-	older, err := e.job.HasRowsBefore(ctx, e.db, from)
+	older, err := e.job.(Ranged).HasRowsBefore(ctx, e.db, from)
 	if err != nil {
 		return nil, err
 	}

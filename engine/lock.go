@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/cronlock"
+	"github.com/shardfill/shardfill/job"
 )
 
 // cronLock holds the cron job's advisory lock in shared mode on a connection
@@ -32,7 +33,8 @@ import (
 // A yield (yield.go) hands the lock over to a fresh connection, which then
 // takes the old one's place.
 type cronLock struct {
-	key int64           // the job's cron lock key
+	key int64           // the job's lock key
+	spec job.Lock       // how it is held
 	cfg *pgx.ConnConfig // how to open a fresh lock connection
 	log *slog.Logger
 	// join, when set, is taken on every lock connection before the cron
@@ -58,15 +60,23 @@ type cronLock struct {
 // there (after join's lock, if any). If someone holds it exclusively (a cron
 // tick, or the serial backfill command started by mistake) it says who and
 // waits.
-func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, join func(context.Context, *pgx.Conn) error, log *slog.Logger) (*cronLock, error) {
-	l := &cronLock{key: key, cfg: db.Config().ConnConfig.Copy(), log: log, join: join, yieldEnd: make(chan struct{})}
+//
+// A job whose lock is exclusive takes it exclusively instead, and a second
+// process waits the same way.
+func acquireLock(ctx context.Context, db *pgxpool.Pool, spec job.Lock, join func(context.Context, *pgx.Conn) error, log *slog.Logger) (*cronLock, error) {
+	key := spec.Key
+	l := &cronLock{key: key, spec: spec, cfg: db.Config().ConnConfig.Copy(), log: log, join: join, yieldEnd: make(chan struct{})}
 	conn, pid, err := l.open(ctx)
 	if err != nil {
 		return nil, err
 	}
 	l.conn, l.pid = conn, pid
+	try, take, mode := `SELECT pg_try_advisory_xact_lock_shared($1)`, `SELECT pg_advisory_xact_lock_shared($1)`, "exclusively"
+	if spec.Exclusive {
+		try, take, mode = `SELECT pg_try_advisory_xact_lock($1)`, `SELECT pg_advisory_xact_lock($1)`, "(another process of this run, or a session)"
+	}
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock_shared($1)`, key).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, try, key).Scan(&got); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
@@ -79,10 +89,10 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, key int64, join func(con
 		                                  left(a.query, 60)), '; '), 'unknown')
 		FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE `+cronlock.Key(key).Is("l")+`
-		  AND l.granted AND l.mode = 'ExclusiveLock' AND a.datname = current_database()`).Scan(&holder)
-	log.Warn("waiting for the cron lock: another session holds it exclusively (the cron tick, or the serial backfill command?)",
+		  AND l.granted AND a.pid <> pg_backend_pid() AND a.datname = current_database()`).Scan(&holder)
+	log.Warn("waiting for the job's lock: another session holds it "+mode+" (the cron tick, or a serial backfill command?)",
 		"lock", key, "holder", holder)
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, key); err != nil {
+	if _, err := conn.Exec(ctx, take, key); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("take cron lock %d: %w", key, err)
 	}
@@ -135,8 +145,8 @@ func (l *cronLock) watch(ctx context.Context, cancel context.CancelCauseFunc, ru
 			cancel(fmt.Errorf("%w (cron lock %d): %w", ErrLockLost, l.key, err))
 			return
 		}
-		if w == nil {
-			continue
+		if w == nil || !l.spec.Yield {
+			continue // a lock that is not yielded is only watched
 		}
 		if err := l.yield(run, *w, repoint); err != nil && run.Err() == nil {
 			cancel(fmt.Errorf("%w (cron lock %d): %w", ErrLockLost, l.key, err))

@@ -8,15 +8,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/shardfill/shardfill/checkpoint"
-	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/job"
 )
 
 // Plan is what a run would do, computed without writing anything.
 type Plan struct {
-	Slices    int64
-	Rows      int64
-	Largest   []shard.Slice // biggest slices first
-	RangeFrom *time.Time    // --months-back lower bound; nil = all history
+	job.Preview
+	RangeFrom *time.Time // --months-back lower bound; nil = all history
 	// Resume is the unfinished run that `run` would resume instead of
 	// planning (nil when it would plan a new one).
 	Resume *checkpoint.Run
@@ -41,28 +39,14 @@ func (e *Engine) Plan(ctx context.Context, largest int) (*Plan, error) {
 	if err := e.resumable(ctx, p); err != nil {
 		return nil, err
 	}
-	lower := checkpoint.LowerBound(from)
-	// One pass over the whole history, nothing written: a run plans the
-	// same slices piece by piece (a month's windows depend on its days
-	// only). The totals ride along on the largest slices as window
-	// aggregates (computed before the LIMIT). It reads the whole history,
-	// under PlanTimeout rather than the role's statement_timeout, in a
-	// read-only transaction (which a standby takes too).
+	// One pass, nothing written, in a read-only transaction (which a
+	// standby takes too), under PlanTimeout rather than the role's
+	// statement_timeout.
 	err = pgx.BeginTxFunc(ctx, e.db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, checkpoint.TimeoutSQL, checkpoint.TimeoutSetting(e.cfg.PlanTimeout)); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT workspace_id::text, from_ts, to_ts, est_rows,
-			count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+e.job.PlanSQL()+`) src
-			ORDER BY est_rows DESC, workspace_id, from_ts LIMIT $4`, lower, e.cfg.MaxSliceRows, checkpoint.UpperBound(), largest)
-		if err != nil {
-			return err
-		}
-		p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
-			var s shard.Slice
-			err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &p.Slices, &p.Rows)
-			return s, err
-		})
+		p.Preview, err = e.job.Preview(ctx, tx, job.PreviewOpts{Largest: largest, RangeFrom: from, MaxSliceRows: e.cfg.MaxSliceRows})
 		return err
 	})
 	if err != nil {

@@ -33,7 +33,7 @@ func newPlanner(e *Engine, runID int64) *planner {
 func (p *planner) run(ctx context.Context) error {
 	failures := 0
 	for {
-		done, err := p.e.store.PlanNext(ctx, p.runID, p.e.job.PlanSQL(), p.e.cfg.PlanTimeout)
+		done, err := p.e.store.PlanNext(ctx, p.runID, p.e.job.Pieces(p.e.cfg.PlanPieceRows), p.e.cfg.PlanTimeout)
 		switch {
 		case err == nil:
 			failures = 0

@@ -101,7 +101,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 // repair replaces the rollup of each mismatching (workspace, month) while
 // holding the cron lock, as a run would.
 func (e *Engine) repair(ctx context.Context, v Verifier, bad []job.Mismatch) error {
-	lock, err := acquireLock(ctx, e.db, e.job.CronLockKey(), nil, e.cfg.Logger)
+	lock, err := acquireLock(ctx, e.db, e.job.Lock(), nil, e.cfg.Logger)
 	if err != nil {
 		return err
 	}

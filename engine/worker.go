@@ -199,9 +199,21 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 	cfg := w.e.cfg
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		rows, err := w.execute(ctx, batch)
+		rows, left, err := w.execute(ctx, batch)
 		took := time.Since(start)
 		switch {
+		case err == nil && left != nil:
+			// A SliceRunner's one slice, handed back for later (rows of it
+			// were locked) or failed by the stall guard; what it changed
+			// is committed either way.
+			w.rows.Add(rows)
+			kind := SliceRetry
+			if errors.Is(left, checkpoint.ErrStalled) {
+				kind = SliceFailed
+				w.failures.add(batch.Slices[0], attempt, left)
+			}
+			w.emit(Event{Kind: kind, Slice: batch.Slices[0], Duration: took, Rows: rows, Err: left})
+			return nil
 		case err == nil:
 			w.executed.Add(int64(len(batch.Slices)))
 			w.rows.Add(rows)
@@ -274,12 +286,17 @@ func (w *workers) batch(ctx context.Context, batch shard.Batch) error {
 // transaction, fenced by the claim and the cron lock (checkpoint.Fenced
 // keeps the order). The whole transaction but its COMMIT travels in one
 // round trip.
-func (w *workers) execute(ctx context.Context, batch shard.Batch) (int64, error) {
-	var rows int64
+//
+// left is nil unless a SliceRunner's slice was left unfinished: handed
+// back for later, or failed by the stall guard (checkpoint.ErrStalled).
+func (w *workers) execute(ctx context.Context, batch shard.Batch) (rows int64, left error, err error) {
 	c, leave := w.enter() // waits out a yield of the cron lock
 	defer leave()
+	if r, ok := w.e.job.(SliceRunner); ok {
+		return w.run(ctx, r, batch.Slices[0], c)
+	}
 	stmts := w.e.store.Fenced(batch, c, txSettings(w.e.cfg), func(tx *pgx.Batch) {
-		w.e.job.Queue(tx, batch, &rows)
+		w.e.job.(Queuer).Queue(tx, batch, &rows)
 	})
 	br := w.e.db.SendBatch(ctx, stmts)
 	tx := br.Tx()
@@ -289,9 +306,29 @@ func (w *workers) execute(ctx context.Context, batch shard.Batch) (int64, error)
 		_ = tx.Rollback(rctx) // no-op after a commit
 	}()
 	if err := br.Close(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return rows, tx.Commit(ctx)
+	return rows, nil, tx.Commit(ctx)
+}
+
+// run does a SliceRunner's slice (its batches hold one: a job file's
+// slices have no window to share) in its fenced transaction.
+func (w *workers) run(ctx context.Context, r SliceRunner, sl shard.Slice, c checkpoint.Claimant) (rows int64, left error, err error) {
+	var v checkpoint.Verdict
+	stalled, err := w.e.store.RunFenced(ctx, sl, c, txSettings(w.e.cfg), func(tx pgx.Tx) (checkpoint.Verdict, error) {
+		var err error
+		v, rows, err = r.RunSlice(ctx, tx, sl)
+		return v, err
+	})
+	switch {
+	case err != nil:
+		return 0, nil, err
+	case stalled:
+		return rows, fmt.Errorf("%s: %w: %s", sl, checkpoint.ErrStalled, v.Why), nil
+	case !v.Done:
+		return rows, fmt.Errorf("%s: handed back for later: %s", sl, v.Why), nil
+	}
+	return rows, nil, nil
 }
 
 // txSettings are the settings local to a slice transaction. A commit lost

@@ -109,9 +109,6 @@ func withMeasures(sql string) string {
 // cron tick out while a backfill works.
 const CronLockKey = 4246
 
-// CronLockKey returns the package's CronLockKey, for the engine.
-func (*Hourly) CronLockKey() int64 { return CronLockKey }
-
 // Querier is the part of pgx.Conn, pgxpool.Pool and pgx.Tx the job needs.
 type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)

@@ -10,8 +10,14 @@ import (
 type Slice struct {
 	RunID     int64
 	ID        int64
-	Workspace string // uuid in text form
+	Workspace string // uuid in text form; a job file's shard value, if any
 	From, To  time.Time
+	// Lo and Hi bound a job file's slice: its key range [Lo, Hi) as text in
+	// the key's type, nil at an open end.
+	Lo, Hi *string
+	// KeyRange: a job file's slice, bounded by Lo and Hi rather than by a
+	// time window.
+	KeyRange bool
 	EstRows   int64     // raw rows counted when the run was planned
 	ReadFrom  time.Time // the job need not read data older than this; zero: read all
 	Attempt   int       // claim counter; with the owner it fences a worker
@@ -23,7 +29,28 @@ type Slice struct {
 
 // String names a slice the way operators read it in logs and errors.
 func (s Slice) String() string {
+	if s.KeyRange {
+		return fmt.Sprintf("slice %d (%s%s)", s.ID, shardOf(s.Workspace), KeyPeriod(s.Lo, s.Hi))
+	}
 	return fmt.Sprintf("slice %d (workspace %s, %s)", s.ID, s.Workspace, Period(s.From, s.To))
+}
+
+func shardOf(v string) string {
+	if v == "" {
+		return ""
+	}
+	return "shard " + v + ", "
+}
+
+// KeyPeriod renders a key range [lo, hi), "…" at an open end.
+func KeyPeriod(lo, hi *string) string {
+	end := func(v *string) string {
+		if v == nil {
+			return "…"
+		}
+		return *v
+	}
+	return "[" + end(lo) + ", " + end(hi) + ")"
 }
 
 // Period renders [from, to) compactly: "2026-03" for a whole UTC month,
