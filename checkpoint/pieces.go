@@ -238,3 +238,13 @@ func (s *Store) piecePlanned(ctx context.Context, tx pgx.Tx, runID, slices, rows
 		WHERE id = $1`), runID, slices, rows, last, next)
 	return err
 }
+
+// CountSQL is the statement that counts the rows the ranges are cut
+// from, and its arguments.
+func (k KeyRanges) CountSQL() (string, []any) {
+	where := "true"
+	if k.Where != "" {
+		where = "(" + k.Where + ")"
+	}
+	return fmt.Sprintf(`SELECT count(*) FROM %s WHERE %s`, k.Table, where), k.Args
+}

@@ -480,3 +480,13 @@ func (e *Engine) monthsBackStart(ctx context.Context) (time.Time, error) {
 	}
 	return shard.MonthsBackStart(now, e.cfg.MonthsBack), nil
 }
+
+// JobName is the name of the job the engine runs.
+func (e *Engine) JobName() string { return e.job.Name() }
+
+// JobVersion is the version of its slice logic.
+func (e *Engine) JobVersion() string { return e.job.Version() }
+
+// Store is the checkpoint store of the job's runs, for progress and
+// status.
+func (e *Engine) Store() *checkpoint.Store { return e.store }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
-	"github.com/shardfill/shardfill/job"
 )
 
 // openRun connects and finds run runID, or the latest run when runID is 0.
@@ -24,9 +23,12 @@ func openRun(ctx context.Context, g *globals, runID int64, refuse bool) (*pgxpoo
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	store := checkpoint.New(pool, g.schema, job.CronLockKey)
-	installed, err := store.Installed(ctx)
+	store, err := g.runs(ctx, pool)
 	var run *checkpoint.Run
+	var installed bool
+	if err == nil {
+		installed, err = store.Installed(ctx)
+	}
 	switch {
 	case err != nil:
 	case installed && runID > 0:
@@ -35,7 +37,7 @@ func openRun(ctx context.Context, g *globals, runID int64, refuse bool) (*pgxpoo
 		run, err = store.LatestRun(ctx)
 	}
 	if err == nil && run == nil {
-		err = errors.New("no run yet in schema " + g.schema + ": start one with `shardfill run`")
+		err = errors.New("no run of job " + store.Job() + " yet in schema " + g.schema + ": start one with `shardfill run`")
 		if runID > 0 {
 			err = fmt.Errorf("no run %d in schema %s", runID, g.schema)
 		}

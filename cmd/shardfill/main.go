@@ -105,7 +105,7 @@ func exitCode(err error) int {
 		return 0
 	case errors.Is(err, engine.ErrInterrupted), errors.Is(err, context.Canceled):
 		return 130
-	case errors.As(err, &cfgErr), errors.As(err, &stale), errors.As(err, &usage), errors.As(err, &unreadable):
+	case errors.As(err, &cfgErr), errors.As(err, &stale), errors.As(err, &usage), errors.As(err, &unreadable), jobError(err):
 		return 2
 	default:
 		return 1

@@ -18,7 +18,6 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
-	"github.com/shardfill/shardfill/job"
 )
 
 // defaultDatabaseURL is the serial command's default, kept for runbooks.
@@ -45,6 +44,7 @@ type globals struct {
 	logLevel    string
 	out, errOut *redactor
 	log         *slog.Logger
+	job         jobFlags
 }
 
 func newRootCmd(out, errOut *redactor) *cobra.Command {
@@ -84,8 +84,9 @@ where it stopped; the cron watermark is stamped once every slice is done.`,
 	pf.StringVar(&g.logFormat, "log-format", "text", "structured logs on stderr: text or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 
+	addJobFlags(root, &g.job)
 	root.AddCommand(newRunCmd(g), newPlanCmd(g), newStatusCmd(g), newVerifyCmd(g), newDemoCmd(g), newVersionCmd(),
-		newPauseCmd(g, true), newPauseCmd(g, false), newSetCmd(g))
+		newPauseCmd(g, true), newPauseCmd(g, false), newSetCmd(g), newJobsCmd(g), newCheckCmd(g))
 	return root
 }
 
@@ -243,7 +244,7 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
-	return g.newEngineFor(ctx, cfg, new(job.Hourly))
+	return g.newEngineFor(ctx, cfg, nil)
 }
 
 // newEngineFor is newEngine for another job (verify wraps the hourly one).

@@ -11,7 +11,6 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/metrics"
 	"github.com/shardfill/shardfill/shard"
 )
@@ -75,7 +74,7 @@ against one database at once: they share the run.`,
 				g.log.Info("serving metrics", "addr", addr.String(), "metrics", "http://"+addr.String()+"/metrics")
 			}
 			started := time.Now()
-			stopProgress := p.start(ctx, checkpoint.New(pool, g.schema, job.CronLockKey))
+			stopProgress := p.start(ctx, e.Store())
 			res, err := e.Run(ctx)
 			stopProgress()
 			if res != nil && !res.NothingToDo {

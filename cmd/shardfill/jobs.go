@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/jobfile"
+	"github.com/shardfill/shardfill/jobs"
+	"github.com/shardfill/shardfill/sqljob"
+)
+
+var (
+	_ engine.Job         = (*sqljob.Job)(nil)
+	_ engine.SliceRunner = (*sqljob.Job)(nil)
+	_ engine.Job         = (*job.Hourly)(nil)
+	_ engine.Queuer      = (*job.Hourly)(nil)
+)
+
+// jobFlags are --job and --param, which every command that works on runs
+// takes: runs of several jobs live side by side in one schema.
+type jobFlags struct {
+	name   string
+	params []string
+}
+
+func addJobFlags(cmd *cobra.Command, jf *jobFlags) {
+	fs := cmd.PersistentFlags()
+	fs.StringVar(&jf.name, "job", checkpoint.DefaultJob, "the job: a shipped one by name (`shardfill jobs` lists them) or a job file (path to .sql)")
+	fs.StringArrayVar(&jf.params, "param", nil, "a job parameter, name=value (repeat for several)")
+}
+
+// file reads the job file --job names, or nil for the built-in rollup.
+func (jf *jobFlags) file() (*jobfile.File, error) {
+	if jf.name == "" || jf.name == checkpoint.DefaultJob {
+		if len(jf.params) > 0 {
+			return nil, usageError{fmt.Errorf("--param: job %s takes no parameters", checkpoint.DefaultJob)}
+		}
+		return nil, nil
+	}
+	if path, src, ok := jobs.Source(jf.name); ok {
+		return jobfile.Parse(path, src)
+	}
+	if _, err := os.Stat(jf.name); err != nil {
+		return nil, usageError{fmt.Errorf("--job %s: no shipped job of that name and no such file (`shardfill jobs` lists the shipped ones)", jf.name)}
+	}
+	return jobfile.Load(jf.name)
+}
+
+// given parses the --param flags.
+func (jf *jobFlags) given() (map[string]string, error) {
+	out := map[string]string{}
+	for _, p := range jf.params {
+		name, value, ok := strings.Cut(p, "=")
+		if !ok || name == "" {
+			return nil, usageError{fmt.Errorf("--param %q: write name=value", p)}
+		}
+		if _, dup := out[name]; dup {
+			return nil, usageError{fmt.Errorf("--param %s given twice", name)}
+		}
+		out[name] = value
+	}
+	return out, nil
+}
+
+// load binds the job --job names to pool.
+func (jf *jobFlags) load(ctx context.Context, pool *pgxpool.Pool) (engine.Job, error) {
+	f, err := jf.file()
+	if err != nil || f == nil {
+		return new(job.Hourly), err
+	}
+	given, err := jf.given()
+	if err != nil {
+		return nil, err
+	}
+	return sqljob.Open(ctx, pool, f, given)
+}
+
+// runs is the checkpoint store of the runs of the job --job names, for
+// the commands that read and steer them (no parameters needed).
+func (g *globals) runs(ctx context.Context, pool *pgxpool.Pool) (*checkpoint.Store, error) {
+	f, err := g.job.file()
+	if err != nil || f == nil {
+		return checkpoint.New(pool, g.schema, job.CronLockKey), err
+	}
+	l, err := sqljob.LockOf(ctx, pool, f)
+	if err != nil {
+		return nil, err
+	}
+	return checkpoint.NewJob(pool, g.schema, f.Name, l.Key, l.Fence), nil
+}
+
+// store is the checkpoint store of j's runs.
+func (g *globals) store(pool *pgxpool.Pool, j engine.Job) *checkpoint.Store {
+	l := j.Lock()
+	return checkpoint.NewJob(pool, g.schema, j.Name(), l.Key, l.Fence)
+}
+
+// jobError reports whether err is a mistake in the job file or its
+// parameters, or a privilege the role lacks (exit code 2).
+func jobError(err error) bool {
+	var fileErr *jobfile.Error
+	var paramErr *jobfile.ParamError
+	var privErr *sqljob.MissingPrivilegeError
+	return errors.As(err, &fileErr) || errors.As(err, &paramErr) || errors.As(err, &privErr)
+}
+
+func newJobsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "jobs",
+		Short: "List the shipped jobs",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			printf(g.out, "%-22s %s\n", checkpoint.DefaultJob, "the hourly rollup of task_usage (built in; the default)")
+			for _, name := range jobs.Names() {
+				path, src, _ := jobs.Source(name)
+				f, err := jobfile.Parse(path, src)
+				if err != nil {
+					return err
+				}
+				printf(g.out, "%-22s %s\n", name, f.Description)
+			}
+			return nil
+		},
+	}
+}
+
+func newCheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Check a job against the database without running it: statements, privileges, the plan's size",
+		Long: `Prepares every statement of the job (--job) against the database without
+running it, checks the privileges its statements need, and prints the size
+of the run it would plan. A mistake is reported with the job file, the
+section and the line; a missing privilege with the GRANT that gives it.
+Exit code 0: the job can run.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := engine.DefaultConfig()
+			cfg.Concurrency = 1
+			e, pool, err := g.newEngine(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			p, err := e.Plan(cmd.Context(), 0)
+			if err != nil {
+				return err
+			}
+			printf(g.out, "job %s (%s): statements and privileges check out\nslices: %d\nestimated rows: %d\n",
+				e.JobName(), e.JobVersion(), p.Slices, p.Rows)
+			return nil
+		},
+	}
+}
