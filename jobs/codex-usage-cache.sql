@@ -12,11 +12,12 @@
 --
 -- The cron job's lock (rollup_task_usage_hourly() try-locks 4246 and
 -- no-ops while we hold it), so the cron tick never rewrites a bucket this
--- job is rebuilding. shared: several processes hold it together. check: do
--- not start while a conflicting holder (a serial backfill) works. yield: the
--- application takes 4246 exclusively for short work of its own (its
--- workspace delete waits with a lock_timeout); the run steps aside for it
--- the way README's "Yielding lock 4246" describes, without a gap.
+-- job is rebuilding. shared: several processes hold it together. check:
+-- every slice transaction checks that its process still holds the key and
+-- takes it shared itself, so no slice commits unless the cron job is kept
+-- out. yield: the application takes 4246 exclusively for short work of its
+-- own (its workspace delete waits with a lock_timeout); the run steps aside
+-- for it the way README's "Yielding lock 4246" describes, without a gap.
 -- shardfill:lock 4246 shared check yield
 -- shardfill:tables task_usage, task_usage_hourly
 

@@ -4,8 +4,9 @@
 -- The lock is a key of this backfill's own, so two runs of it (or a
 -- hand-written one-off doing the same) never work at the same time.
 --   shared:  the processes of one run hold it together.
---   check:   a run refuses to start while another session holds the key in
---            a conflicting mode.
+--   check:   every slice transaction checks, before it commits, that its
+--            process still holds the key (a process whose lock connection
+--            died commits nothing).
 --   noyield: nothing in the application takes this key, so there is nobody
 --            to step aside for; an exclusive taker can only be a second
 --            backfill of the same column, and it should wait until this run
