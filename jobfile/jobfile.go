@@ -632,17 +632,27 @@ func (p *parser) finish() error {
 		}
 	}
 	if f.Split != nil {
-		refs, _ := scanRefs(f.Slice.Statements[0].SQL)
-		has := false
-		for _, r := range refs {
-			has = has || r.kind == refInRange
-		}
-		if !has {
+		if !usesInRange(f.Slice.Statements[0].SQL) {
 			return p.errf("slice", f.Slice.Statements[0].Line, "the slice statement of a split job must restrict its rows with shardfill.in_range(%s)", f.Split.Column)
+		}
+		// A remaining that ignores the slice's range counts every other
+		// slice's rows too: no slice would ever be done.
+		if r := f.Remaining; r != nil && !usesInRange(r.Statements[0].SQL) {
+			return p.errf("remaining", r.Statements[0].Line, "the remaining query of a split job must count only the slice's rows: restrict it with shardfill.in_range(%s) (compiled for the whole job it reads TRUE)", f.Split.Column)
 		}
 	}
 	f.Version = f.Name + "-" + f.digest()
 	return nil
+}
+
+func usesInRange(sql string) bool {
+	refs, _ := scanRefs(sql)
+	for _, r := range refs {
+		if r.kind == refInRange {
+			return true
+		}
+	}
+	return false
 }
 
 // checkRefs checks the placeholders of one statement against the rules of
