@@ -18,9 +18,16 @@ import (
 // its own run's processes from another schema's run of the same job, which
 // must never write the same rows at the same time, while runs of other
 // jobs go on beside it.
+//
+// tableClass is the first key of the table locks: every process holds
+// (tableClass, oid) in shared mode for each table its job writes, so a
+// process of another job writing the same table is seen and refused
+// (two jobs replacing the same rows would each take the other's writes
+// for stale).
 const (
 	memberClass = 4247
 	jobClass    = 4248
+	tableClass  = 4249
 )
 
 // ErrSuperseded stops a process whose run was replaced by a newer one
@@ -34,10 +41,45 @@ var ErrSuperseded = errors.New("the run was superseded by a newer run")
 func (s *Store) Join(ctx context.Context, conn *pgx.Conn) error {
 	_, err := conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1, hashtext($2)), pg_advisory_xact_lock_shared($3, hashtext($4))`,
 		memberClass, s.memberName(), jobClass, s.jobName())
+	if err == nil && len(s.tables) > 0 {
+		_, err = conn.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1, t::regclass::oid::int) FROM unnest($2::text[]) AS t
+			WHERE to_regclass(t) IS NOT NULL`, tableClass, s.tables)
+	}
 	if err != nil {
 		return fmt.Errorf("join schema %s for job %s: %w", s.schema, s.job, err)
 	}
 	return nil
+}
+
+// Writes records the tables the store's job writes (see tableClass).
+func (s *Store) Writes(tables []string) *Store {
+	c := *s
+	c.tables = tables
+	return &c
+}
+
+// OtherJobs describes the backends of other jobs that write a table this
+// store's job writes ("" when none), on this database, in any schema. A
+// process takes its table locks before it looks, so two processes of two
+// such jobs starting together both see the other and both refuse.
+func (s *Store) OtherJobs(ctx context.Context) (string, error) {
+	if len(s.tables) == 0 {
+		return "", nil
+	}
+	var who string
+	err := s.db.QueryRow(ctx, `
+		SELECT coalesce(string_agg(DISTINCT format('pid %s (%s) writes %s', l.pid,
+		                coalesce(nullif(a.application_name, ''), 'no application_name'), l.objid::regclass), ', '), '')
+		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objsubid = 2 AND l.granted
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.objid IN (SELECT to_regclass(t)::oid FROM unnest($2::text[]) AS t)
+		  AND NOT EXISTS (SELECT FROM pg_locks m WHERE m.pid = l.pid AND `+heldLock("m", jobClass, "$3")+`)`,
+		tableClass, s.tables, s.jobName()).Scan(&who)
+	if err != nil {
+		return "", fmt.Errorf("look for other jobs writing the same tables: %w", err)
+	}
+	return who, nil
 }
 
 func (s *Store) memberName() string { return "member:" + s.schema + "/" + s.job }

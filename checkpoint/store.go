@@ -20,6 +20,7 @@ type Store struct {
 	lock   cronlock.Key
 	job    string // the job whose runs this store reads and writes
 	fence  Fence
+	tables []string // the tables the job writes (see Writes)
 }
 
 // Fence is what a slice transaction checks of the job's lock before it

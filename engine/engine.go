@@ -30,6 +30,10 @@ type Job interface {
 	Version() string
 	// Lock is the advisory lock the engine holds while it works, and how.
 	Lock() job.Lock
+	// Tables are the tables the job writes: a run of another job that
+	// writes one of them is refused while this one works, and the health
+	// throttle watches their vacuums.
+	Tables() []string
 	// Preflight checks, without writing, that the database is ready; the
 	// job may also learn from it what its statements can rely on. It runs
 	// before any batch is queued.
@@ -129,6 +133,9 @@ func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
 	if cfg != nil {
 		c = *cfg
 	}
+	if len(c.Health.Tables) == 0 {
+		c.Health.Tables = j.Tables() // the vacuums that matter are the job's tables'
+	}
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -145,7 +152,8 @@ func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
 		return nil, &ConfigError{fmt.Sprintf("{MonthsBack} applies to the rollup's history; job %s is sliced by its own ranges", j.Name())}
 	}
 	l := j.Lock()
-	return &Engine{db: db, store: checkpoint.NewJob(db, schema, j.Name(), l.Key, l.Fence), job: j, cfg: c}, nil
+	store := checkpoint.NewJob(db, schema, j.Name(), l.Key, l.Fence).Writes(j.Tables())
+	return &Engine{db: db, store: store, job: j, cfg: c}, nil
 }
 
 // Result is what a run did in this process.
@@ -383,7 +391,15 @@ func (e *Engine) finish(ctx context.Context, lock *cronLock, run *checkpoint.Run
 // processes of two schemas starting together both see the other and both
 // refuse, rather than both going on.
 func (e *Engine) alone(ctx context.Context) error {
-	other, err := e.store.OtherSchemas(ctx)
+	other, err := e.store.OtherJobs(ctx)
+	if err != nil {
+		return err
+	}
+	if other != "" {
+		return &ConfigError{fmt.Sprintf("another job is writing a table job %s writes (%s): two jobs must never replace the same rows at once; "+
+			"wait for it to end, or stop it", e.job.Name(), other)}
+	}
+	other, err = e.store.OtherSchemas(ctx)
 	if err != nil || other == "" {
 		return err
 	}

@@ -35,6 +35,11 @@ func (*Hourly) Lock() Lock {
 	return Lock{Key: CronLockKey, Fence: checkpoint.FenceShared, Yield: true}
 }
 
+// Tables are the tables the rollup writes.
+func (*Hourly) Tables() []string {
+	return []string{"task_usage_hourly", "task_usage_hourly_dirty", "task_usage_hourly_rollup_state"}
+}
+
 // Name is the rollup job's name.
 func (*Hourly) Name() string { return checkpoint.DefaultJob }
 

@@ -2,8 +2,13 @@ package sqljob_test
 
 import (
 	"context"
+	"errors"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
@@ -92,5 +97,127 @@ func TestIssueLastActivityExact(t *testing.T) {
 		if res.Run.SlicesTotal != 4 {
 			t.Fatalf("c=%d: %d slices; want the key space cut in 4 ranges of about 5 000 rows", c, res.Run.SlicesTotal)
 		}
+	}
+}
+
+// Rows another session holds locked while the run works are skipped
+// (SKIP LOCKED), their slices handed back and done once the locks are
+// gone; a value the application writes meanwhile is kept. The run ends
+// exact.
+func TestIssueLastActivityLockedRowsAndWriter(t *testing.T) {
+	t.Parallel()
+	url, kept := issueDB(t, 30_000)
+	ctx := context.Background()
+	pool := testenv.Pool(t, url)
+
+	// An application transaction holds 50 rows to seed, spread over the
+	// key space, for three seconds.
+	app, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Rollback(ctx)
+	var locked []string
+	rows, err := app.Query(ctx, `SELECT id::text FROM issue WHERE last_activity_at IS NULL AND updated_at IS NOT NULL
+		AND id IN (SELECT id FROM issue ORDER BY md5(id::text) LIMIT 300) LIMIT 50 FOR UPDATE`)
+	if err == nil {
+		locked, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil || len(locked) != 50 {
+		t.Fatalf("lock rows: %v (%d)", err, len(locked))
+	}
+	go func() {
+		time.Sleep(3 * time.Second)
+		_ = app.Rollback(ctx)
+	}()
+	// And, once the run is planned, the application sets the activity of
+	// 30 rows itself: those values must stay.
+	var written []string
+	write := func() {
+		rows, err := pool.Query(ctx, `UPDATE issue SET last_activity_at = timestamptz '2030-01-01'
+			WHERE id IN (SELECT id FROM issue WHERE last_activity_at IS NULL AND updated_at IS NOT NULL
+			             AND id <> ALL ($1::uuid[]) ORDER BY id DESC LIMIT 30 FOR UPDATE SKIP LOCKED)
+			RETURNING id::text, last_activity_at::text`, locked)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id, v string
+			_ = rows.Scan(&id, &v)
+			written = append(written, id+"="+v)
+		}
+	}
+
+	var retried int
+	var mu sync.Mutex
+	cfg := engine.Config{Concurrency: 2, SleepBetweenSlices: 100 * time.Millisecond, OnEvent: func(ev engine.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev.Kind {
+		case engine.SliceRetry:
+			retried++
+		case engine.RunStarted:
+			write()
+		}
+	}}
+	f := shipped(t, "issue-last-activity")
+	e := testenv.Engine(t, url, open(t, url, f, nil), cfg)
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	res, err := e.Run(rctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome.State != "done" {
+		t.Fatalf("run ended %s", res.Outcome.State)
+	}
+	if retried == 0 {
+		t.Fatal("no slice was handed back although rows of it were locked")
+	}
+	for _, w := range written {
+		id, v, _ := strings.Cut(w, "=")
+		kept[id] = v
+	}
+	if len(written) != 30 {
+		t.Fatalf("the application wrote %d rows, want 30", len(written))
+	}
+	requireIssues(t, url, kept)
+}
+
+// A slice whose remaining rows the slice statement never changes (here:
+// the two disagree) fails after max-stalls passes without progress, with
+// a message that says why, rather than spinning.
+func TestRepeatGuardFailsStalledSlice(t *testing.T) {
+	t.Parallel()
+	url, _ := issueDB(t, 3_000)
+	src := `-- shardfill:job stalls
+-- shardfill:tables issue
+-- shardfill:split issue.id rows 1000
+-- shardfill:slice repeat max-stalls 2
+UPDATE issue SET last_activity_at = updated_at
+ WHERE id IN (SELECT id FROM issue WHERE shardfill.in_range(id) AND last_activity_at IS NULL AND updated_at IS NOT NULL LIMIT 100);
+-- shardfill:remaining
+SELECT count(*) FROM issue WHERE shardfill.in_range(id) AND last_activity_at IS NULL;
+`
+	f, err := jobfile.Parse("stalls.sql", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testenv.Engine(t, url, open(t, url, f, nil), engine.Config{Concurrency: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err = e.Run(ctx)
+	var failed *engine.FailedError
+	if !errors.As(err, &failed) {
+		t.Fatalf("run: %v; want the stalled slices failed", err)
+	}
+	var msg string
+	if err := testenv.Pool(t, url).QueryRow(ctx, `SELECT error FROM shardfill.slice WHERE state = 'failed' LIMIT 1`).Scan(&msg); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg, "2 passes in a row made no progress") || !strings.Contains(msg, "rows still to do") {
+		t.Fatalf("failure says %q; want why", msg)
 	}
 }

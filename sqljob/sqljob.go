@@ -278,6 +278,9 @@ func (j *Job) Version() string { return j.f.Version }
 // Lock is the job file's lock, bound to its key.
 func (j *Job) Lock() job.Lock { return j.lock }
 
+// Tables are the tables the file says the job writes.
+func (j *Job) Tables() []string { return j.f.Tables }
+
 // Params are the operator's parameters, normalised.
 func (j *Job) Params() map[string]*string { return j.values }
 
