@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/shardfill/shardfill/shard"
 )
 
 // StatePaused is how status reports a run whose control record is paused
@@ -17,12 +19,24 @@ const StatePaused RunState = "paused"
 
 // FailedSlice is a slice that ended with a permanent error.
 type FailedSlice struct {
-	ID        int64     `json:"id"`
-	Workspace string    `json:"workspace_id"`
-	From      time.Time `json:"from"`
-	To        time.Time `json:"to"`
-	Attempts  int       `json:"attempts"`
-	Error     string    `json:"error"`
+	ID        int64      `json:"id"`
+	Workspace string     `json:"workspace_id"` // a job file's shard, if any
+	From      *time.Time `json:"from,omitempty"`
+	To        *time.Time `json:"to,omitempty"`
+	Lo        *string    `json:"lo,omitempty"` // a job file's key range
+	Hi        *string    `json:"hi,omitempty"`
+	Attempts  int        `json:"attempts"`
+	Error     string     `json:"error"`
+}
+
+// Where names the slice's rows: its workspace and window, or a job file's
+// shard and key range.
+func (f FailedSlice) Where() string {
+	sl := shard.Slice{ID: f.ID, Workspace: f.Workspace, Lo: f.Lo, Hi: f.Hi, KeyRange: f.From == nil || f.To == nil}
+	if !sl.KeyRange {
+		sl.From, sl.To = *f.From, *f.To
+	}
+	return sl.String()
 }
 
 // FailureGroup is every failed slice of a run with one cause.
@@ -41,7 +55,8 @@ const (
 // Status is a run as operators see it; the JSON names are part of the CLI
 // contract (status --json).
 type Status struct {
-	RunID int64 `json:"run_id"`
+	RunID int64  `json:"run_id"`
+	Job   string `json:"job"` // the job the run belongs to
 	// State is one of the contract's planned|running|paused|done|failed|
 	// interrupted; a run replaced by --new-run reads interrupted, with
 	// Superseded set. A running run no live process works on reads
@@ -149,7 +164,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	st := &Status{
-		RunID: run.ID, State: run.State, PlannedAt: run.PlannedAt, StartedAt: run.StartedAt, FinishedAt: run.FinishedAt,
+		RunID: run.ID, Job: s.job, State: run.State, PlannedAt: run.PlannedAt, StartedAt: run.StartedAt, FinishedAt: run.FinishedAt,
 		SlicesTotal: c.Total, SlicesDone: c.Done, SlicesFailed: c.Failed, SlicesPending: c.Pending, SlicesRunning: c.Running,
 		RowsTotal: run.RowsTotal, RowsDone: c.RowsDone, WatermarkTarget: run.WatermarkTarget, LastError: run.LastError,
 		FailedSlices: []FailedSlice{}, Owners: []string{}, Failures: []FailureGroup{}, Processes: []Process{},
@@ -298,10 +313,10 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 func (s *Store) failures(ctx context.Context, runID int64, st *Status) error {
 	rows, err := s.db.Query(ctx, s.q(`
 		WITH f AS (
-			SELECT id, workspace_id::text AS ws, from_ts, to_ts, attempts, coalesce(error, '') AS error, `+causeSQL+` AS cause
+			SELECT id, coalesce(workspace_id::text, shard, '') AS ws, from_ts, to_ts, lo, hi, attempts, coalesce(error, '') AS error, `+causeSQL+` AS cause
 			FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'failed'
 		)
-		SELECT DISTINCT ON (cause) cause, count(*) OVER (PARTITION BY cause), id, ws, from_ts, to_ts, attempts, error
+		SELECT DISTINCT ON (cause) cause, count(*) OVER (PARTITION BY cause), id, ws, from_ts, to_ts, lo, hi, attempts, error
 		FROM f ORDER BY cause, id`), runID)
 	if err != nil {
 		return err
@@ -309,7 +324,7 @@ func (s *Store) failures(ctx context.Context, runID int64, st *Status) error {
 	groups, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (FailureGroup, error) {
 		var g FailureGroup
 		e := &g.Example
-		err := row.Scan(&g.Error, &g.Slices, &e.ID, &e.Workspace, &e.From, &e.To, &e.Attempts, &e.Error)
+		err := row.Scan(&g.Error, &g.Slices, &e.ID, &e.Workspace, &e.From, &e.To, &e.Lo, &e.Hi, &e.Attempts, &e.Error)
 		return g, err
 	})
 	if err != nil {
@@ -322,7 +337,7 @@ func (s *Store) failures(ctx context.Context, runID int64, st *Status) error {
 	}
 	st.Failures = groups
 	rows, err = s.db.Query(ctx, s.q(`
-		SELECT id, workspace_id::text, from_ts, to_ts, attempts, coalesce(error, '')
+		SELECT id, coalesce(workspace_id::text, shard, ''), from_ts, to_ts, lo, hi, attempts, coalesce(error, '')
 		FROM _SCHEMA_.slice WHERE run_id = $1 AND state = 'failed' ORDER BY id LIMIT $2`), runID, MaxFailedSlices)
 	if err != nil {
 		return err

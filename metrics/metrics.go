@@ -55,6 +55,8 @@ type Metrics struct {
 	threshold   *prometheus.GaugeVec // by signal
 	pollSeconds prometheus.Gauge
 
+	jobInfo *prometheus.GaugeVec // 1, labelled with the job and its version
+
 	mu      sync.Mutex
 	held    map[string]bool // holds of the gate but the health throttle's, by key
 	signals map[string]bool // health signals not green, by name
@@ -112,6 +114,10 @@ func New() *Metrics {
 		Name: "shardfill_health_threshold", Help: "Each health signal's threshold, in its unit: red above it, hold above twice it (0 for vacuum and the throttle query).",
 	}, []string{"signal"})
 	f(m.threshold)
+	m.jobInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "shardfill_job_info", Help: "1, labelled with the job this process runs and the version of its slice logic.",
+	}, []string{"job", "version"})
+	f(m.jobInfo)
 	m.pollSeconds = gauge("shardfill_health_poll_seconds", "How long the last read of the health signals took.")
 	m.controlVer = gauge("shardfill_control_version", "Version of the run's control record this process applied.")
 	m.liveProcs = gauge("shardfill_run_live_processes", "Live processes working on the run.")
@@ -119,6 +125,12 @@ func New() *Metrics {
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// SetJob names the job this process runs.
+func (m *Metrics) SetJob(name, version string) {
+	m.jobInfo.Reset()
+	m.jobInfo.WithLabelValues(name, version).Set(1)
 }
 
 // Registry is the registry the collectors live in.

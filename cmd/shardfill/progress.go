@@ -249,12 +249,22 @@ func (p *progress) record() {
 	if f.throttle != nil {
 		throttle = *f.throttle
 	}
-	p.log.Info("progress", "run_id", f.runID, "state", f.state,
+	p.log.Info("progress", "job", p.jobName(), "run_id", f.runID, "state", f.state,
 		"slices_done", f.slicesDone, "slices_total", f.slicesTotal,
 		"rows_done", f.rowsDone, "rows_total", f.rowsTotal,
 		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", round1(f.procRowsPerSecond),
 		"eta_seconds", eta, "failed", f.failed, "retries", f.retries,
 		"paused", f.paused, "throttle_reason", throttle, "planning", f.planning)
+}
+
+// jobName is the job of the run the progress follows.
+func (p *progress) jobName() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.store == nil {
+		return ""
+	}
+	return p.store.Job()
 }
 
 // describe puts this process's pace and the run's ETA on the bar.

@@ -247,13 +247,23 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 	return g.newEngineFor(ctx, cfg, nil)
 }
 
-// newEngineFor is newEngine for another job (verify wraps the hourly one).
+// newEngineFor is newEngine for job j (verify wraps the hourly one); nil:
+// the job --job names.
 func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, j engine.Job) (*engine.Engine, *pgxpool.Pool, error) {
+	if _, err := g.job.file(); err != nil {
+		return nil, nil, err // a mistake in the file needs no database
+	}
 	// Sized for the most workers `shardfill set --concurrency` may raise
 	// this process to; pgxpool opens connections only when they are used.
 	pool, err := g.connect(ctx, max(cfg.WithDefaults().MaxConcurrency, 1))
 	if err != nil {
 		return nil, nil, err
+	}
+	if j == nil {
+		if j, err = g.job.load(ctx, pool); err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
 	}
 	cfg.Logger = g.log
 	e, err := engine.New(pool, g.schema, j, &cfg)

@@ -65,6 +65,7 @@ against one database at once: they share the run.`,
 			}
 			defer pool.Close()
 			if m != nil {
+				m.SetJob(e.JobName(), e.JobVersion())
 				sctx, stopServing := context.WithCancel(ctx)
 				defer stopServing()
 				addr, err := m.Serve(sctx, metricsAddr, g.log)

@@ -136,8 +136,7 @@ func printStatus(g *globals, st *checkpoint.Status) {
 	}
 	for _, f := range st.Failures {
 		e := f.Example
-		printf(w, "failed: %d slices: %s (e.g. slice %d workspace %s %s..%s after %d attempts)\n", f.Slices, f.Error,
-			e.ID, e.Workspace, ts(e.From), ts(e.To), e.Attempts)
+		printf(w, "failed: %d slices: %s (e.g. %s after %d attempts)\n", f.Slices, f.Error, e.Where(), e.Attempts)
 	}
 	if st.FailureGroupsOmitted > 0 {
 		printf(w, "failed: %d more errors not shown (`shardfill status --json` lists failed slices one by one)\n", st.FailureGroupsOmitted)

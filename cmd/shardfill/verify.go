@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // pacedVerify is the hourly job whose per-month comparison waits for a
@@ -96,6 +98,15 @@ mismatch (after repair, if asked).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if f, err := g.job.file(); err != nil || f != nil {
+				if err == nil && repair {
+					err = usageError{fmt.Errorf("--repair: job %s re-runs with `shardfill run --job %s --new-run` (its slices change nothing twice)", f.Name, g.job.name)}
+				}
+				if err != nil {
+					return err
+				}
+				return verifyFile(ctx, g, asJSON)
+			}
 			// Config.Validate bounds the rate like run's (finite, 0..MaxRate):
 			// the engine's verify does not read it.
 			cfg.Rate = monthsPerSecond
@@ -157,4 +168,69 @@ mismatch (after repair, if asked).`,
 	cmd.Flags().IntVar(&cfg.MonthsBack, "months-back", 0, "only the last N UTC calendar months")
 	cmd.Flags().Float64Var(&monthsPerSecond, "rate", 0, "months compared per second (0 = no limit): each month is one statement over its raw rows")
 	return cmd
+}
+
+// verifyFile runs a job file's verify and remaining queries: the job is
+// verified when the first returns no row and the second counts none.
+func verifyFile(ctx context.Context, g *globals, asJSON bool) error {
+	pool, err := g.connect(ctx, 1)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	j, err := g.job.load(ctx, pool)
+	if err != nil {
+		return err
+	}
+	fj := j.(*sqljob.Job)
+	if err := fj.Preflight(ctx, pool); err != nil {
+		return err
+	}
+	mismatches, err := fj.Table(ctx, pool, fj.File().Verify)
+	if err != nil {
+		return err
+	}
+	remaining, counted, err := fj.Remaining(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if mismatches == nil && !counted {
+		return usageError{fmt.Errorf("job %s has neither a verify nor a remaining section: nothing to check", fj.Name())}
+	}
+	var bad int
+	if mismatches != nil {
+		bad = len(mismatches.Rows)
+	}
+	if asJSON {
+		out := struct {
+			Job        string     `json:"job"`
+			Columns    []string   `json:"columns"`
+			Mismatches [][]string `json:"mismatches"`
+			Remaining  *int64     `json:"remaining"`
+		}{Job: fj.Name(), Columns: []string{}, Mismatches: [][]string{}}
+		if mismatches != nil {
+			out.Columns, out.Mismatches = mismatches.Columns, append(out.Mismatches, mismatches.Rows...)
+		}
+		if counted {
+			out.Remaining = &remaining
+		}
+		if err := json.NewEncoder(g.out).Encode(out); err != nil {
+			return err
+		}
+	} else {
+		if mismatches != nil {
+			for _, r := range mismatches.Rows {
+				printf(g.out, "mismatch: %s\n", strings.Join(r, " "))
+			}
+			printf(g.out, "verify: %d mismatching rows (shown at most as many as the job's query lists)\n", bad)
+		}
+		if counted {
+			printf(g.out, "remaining: %d rows still to do\n", remaining)
+		}
+	}
+	if bad > 0 || remaining > 0 {
+		return fmt.Errorf("job %s is not verified: %d mismatching rows, %d rows remaining; `shardfill run --job %s` does what is left",
+			fj.Name(), bad, remaining, g.job.name)
+	}
+	return nil
 }
