@@ -33,10 +33,10 @@ import (
 // A yield (yield.go) hands the lock over to a fresh connection, which then
 // takes the old one's place.
 type cronLock struct {
-	key int64           // the job's lock key
-	spec job.Lock       // how it is held
-	cfg *pgx.ConnConfig // how to open a fresh lock connection
-	log *slog.Logger
+	key  int64           // the job's lock key
+	spec job.Lock        // how it is held
+	cfg  *pgx.ConnConfig // how to open a fresh lock connection
+	log  *slog.Logger
 	// join, when set, is taken on every lock connection before the cron
 	// lock (the checkpoint schema's membership lock, see checkpoint.Join).
 	join func(ctx context.Context, conn *pgx.Conn) error

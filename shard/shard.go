@@ -18,9 +18,9 @@ type Slice struct {
 	// KeyRange: a job file's slice, bounded by Lo and Hi rather than by a
 	// time window.
 	KeyRange bool
-	EstRows   int64     // raw rows counted when the run was planned
-	ReadFrom  time.Time // the job need not read data older than this; zero: read all
-	Attempt   int       // claim counter; with the owner it fences a worker
+	EstRows  int64     // raw rows counted when the run was planned
+	ReadFrom time.Time // the job need not read data older than this; zero: read all
+	Attempt  int       // claim counter; with the owner it fences a worker
 	// WatermarkTarget is the run's: the dirty keys of the slice's buckets
 	// queued before it are covered by the slice's read, and the slice drops
 	// them. Zero outside a run (verify --repair): the queue is left alone.
