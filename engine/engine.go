@@ -34,6 +34,9 @@ type Job interface {
 	// writes one of them is refused while this one works, and the health
 	// throttle watches their vacuums.
 	Tables() []string
+	// Needs are the table privileges the job's statements need, checked
+	// before a run or repair writes anything.
+	Needs() []job.Need
 	// Preflight checks, without writing, that the database is ready; the
 	// job may also learn from it what its statements can rely on. It runs
 	// before any batch is queued.
@@ -187,7 +190,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	if err := e.requireWritable(ctx, "a run (or planning one, {PlanOnly}), which writes the rollup and its checkpoint tables,"); err != nil {
 		return nil, err
 	}
-	if err := e.job.Preflight(ctx, e.db); err != nil {
+	if err := e.Preflight(ctx, true); err != nil {
 		return nil, err
 	}
 	var mon *throttle.Monitor
@@ -495,6 +498,19 @@ func (e *Engine) monthsBackStart(ctx context.Context) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return shard.MonthsBackStart(now, e.cfg.MonthsBack), nil
+}
+
+// Preflight checks, without writing, that the database is ready for the
+// job, and with writes set that the role holds every privilege its
+// statements need.
+func (e *Engine) Preflight(ctx context.Context, writes bool) error {
+	if err := e.job.Preflight(ctx, e.db); err != nil {
+		return err
+	}
+	if !writes {
+		return nil
+	}
+	return job.CheckPrivileges(ctx, e.db, e.job.Name(), e.job.Needs())
 }
 
 // JobName is the name of the job the engine runs.

@@ -47,7 +47,7 @@ func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error)
 	if err := check(ctx); err != nil {
 		return nil, err
 	}
-	if err := e.job.Preflight(ctx, e.db); err != nil {
+	if err := e.Preflight(ctx, repair); err != nil {
 		return nil, err
 	}
 	first, last, err := v.Extent(ctx, e.db)

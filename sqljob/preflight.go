@@ -16,8 +16,8 @@ import (
 
 // Preflight prepares every statement of the file against the database
 // without running it, so a missing table, column or function is reported
-// with the file, section and line, and then checks the privileges the
-// statements need, which PREPARE does not.
+// with the file, section and line. PREPARE checks no privilege: the
+// engine checks Needs before a run.
 func (j *Job) Preflight(ctx context.Context, _ job.Querier) error {
 	for _, l := range j.f.All() {
 		c, err := j.f.Compile(l.Statement, j.keyType, j.shardType, scopeOf(l.Section))
@@ -28,7 +28,7 @@ func (j *Job) Preflight(ctx context.Context, _ job.Querier) error {
 			return j.statementErr(l.Section, c, err)
 		}
 	}
-	return j.privileges(ctx)
+	return nil
 }
 
 // scopeOf is how a section's statements are compiled for checking: the
@@ -41,18 +41,6 @@ func scopeOf(section string) jobfile.Scope {
 	return jobfile.Scope{Whole: true}
 }
 
-// MissingPrivilegeError lists the privileges the role lacks for the job's
-// statements, with the GRANT statements that would give them.
-type MissingPrivilegeError struct {
-	Role   string
-	Grants []string
-}
-
-func (e *MissingPrivilegeError) Error() string {
-	return fmt.Sprintf("role %s lacks privileges the job needs; run as an owner of the tables:\n  %s",
-		e.Role, strings.Join(e.Grants, "\n  "))
-}
-
 // Statement verbs and the relations they name: a write needs its
 // privilege on its target, and every relation read (FROM, JOIN) needs
 // SELECT. Names that are no table (a CTE, a function) are skipped by the
@@ -62,17 +50,18 @@ var (
 	readRe  = regexp.MustCompile(`(?i)\b(?:FROM|JOIN|USING)\s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)`)
 )
 
-// Need is one privilege on one relation.
-type Need struct{ Privilege, Table string }
+// Needs lists the privileges the job's statements need (see the package
+// function Needs).
+func (j *Job) Needs() []job.Need { return Needs(j.f) }
 
 // Needs lists the privileges the file's statements need, in a stable
 // order: SELECT on what they read, UPDATE, INSERT or DELETE on what they
 // write, and SELECT and UPDATE on the split table.
-func Needs(f *jobfile.File) []Need {
-	seen := map[Need]bool{}
-	var out []Need
+func Needs(f *jobfile.File) []job.Need {
+	seen := map[job.Need]bool{}
+	var out []job.Need
 	add := func(priv, table string) {
-		n := Need{priv, strings.ToLower(table)}
+		n := job.Need{Privilege: priv, Table: strings.ToLower(table)}
 		if !seen[n] {
 			seen[n] = true
 			out = append(out, n)
@@ -93,37 +82,8 @@ func Needs(f *jobfile.File) []Need {
 			add("SELECT", m[1])
 		}
 	}
-	slices.SortFunc(out, func(a, b Need) int { return strings.Compare(a.Table+" "+a.Privilege, b.Table+" "+b.Privilege) })
+	slices.SortFunc(out, func(a, b job.Need) int { return strings.Compare(a.Table+" "+a.Privilege, b.Table+" "+b.Privilege) })
 	return out
-}
-
-// privileges refuses a role that lacks a privilege a statement needs.
-func (j *Job) privileges(ctx context.Context) error {
-	needs := Needs(j.f)
-	privs, tables := make([]string, len(needs)), make([]string, len(needs))
-	for i, n := range needs {
-		privs[i], tables[i] = n.Privilege, n.Table
-	}
-	rows, err := j.db.Query(ctx, `
-		SELECT format('GRANT %s ON %s TO %I;', n.priv, n.rel::regclass, current_user)
-		FROM (SELECT p AS priv, to_regclass(t) AS rel FROM unnest($1::text[], $2::text[]) AS u(p, t)) n
-		JOIN pg_class c ON c.oid = n.rel AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-		WHERE NOT has_table_privilege(n.rel, n.priv)`, privs, tables)
-	if err != nil {
-		return fmt.Errorf("job %s: check privileges: %w", j.f.Name, err)
-	}
-	grants, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("job %s: check privileges: %w", j.f.Name, err)
-	}
-	if len(grants) == 0 {
-		return nil
-	}
-	var role string
-	if err := j.db.QueryRow(ctx, `SELECT current_user`).Scan(&role); err != nil {
-		return err
-	}
-	return &MissingPrivilegeError{Role: role, Grants: grants}
 }
 
 // Preview tells the size of a run and what the dry-run section reports.

@@ -109,7 +109,7 @@ func (g *globals) store(pool *pgxpool.Pool, j engine.Job) *checkpoint.Store {
 func jobError(err error) bool {
 	var fileErr *jobfile.Error
 	var paramErr *jobfile.ParamError
-	var privErr *sqljob.MissingPrivilegeError
+	var privErr *job.MissingPrivilegeError
 	return errors.As(err, &fileErr) || errors.As(err, &paramErr) || errors.As(err, &privErr)
 }
 
@@ -152,6 +152,9 @@ Exit code 0: the job can run.`,
 			}
 			defer pool.Close()
 			p, err := e.Plan(cmd.Context(), 0)
+			if err == nil {
+				err = e.Preflight(cmd.Context(), true)
+			}
 			if err != nil {
 				return err
 			}
