@@ -49,6 +49,7 @@ type options struct {
 	skew         SkewConfig
 	plan1m       Plan1MConfig
 	variants     []string
+	issueRows    int // the lastactivity scenario's issues
 }
 
 func parse(args []string) (*options, error) {
@@ -74,9 +75,15 @@ func parse(args []string) (*options, error) {
 	fs.IntVar(&o.skew.Fixture.Rows, "skew-rows", o.skew.Fixture.Rows, "skew scenario: usage rows")
 	fs.IntVar(&o.plan1m.Workspaces, "plan-workspaces", o.plan1m.Workspaces, "plan1m scenario: workspaces (× plan-months = slices)")
 	fs.IntVar(&o.plan1m.Months, "plan-months", o.plan1m.Months, "plan1m scenario: months")
+	issueRows := fs.String("issue-rows", "2000000", "lastactivity scenario: issues (it runs alone: -scenarios lastactivity)")
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
 	}
+	rows, err := lastActivityRows(*issueRows)
+	if err != nil {
+		return nil, err
+	}
+	o.issueRows = rows
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
@@ -103,6 +110,8 @@ func parse(args []string) (*options, error) {
 	case "all":
 		o.scenarios = AllScenarios
 	case "none", "":
+	case ScenarioLastActivity:
+		o.scenarios = []string{ScenarioLastActivity}
 	default:
 		for _, s := range splitList(*scen) {
 			if !slices.Contains(AllScenarios, s) {
@@ -190,6 +199,9 @@ func run(ctx context.Context, args []string) error {
 	defer srv.Stop()
 	if err := Tune(ctx, srv); err != nil {
 		return err
+	}
+	if slices.Equal(o.scenarios, []string{ScenarioLastActivity}) {
+		return LastActivity(ctx, h, srv, o.issueRows, o.rounds, o.out)
 	}
 
 	cfg := size.Fixture.WithDefaults()
