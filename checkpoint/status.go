@@ -60,7 +60,8 @@ type Status struct {
 	RowsDone      int64      `json:"rows_done"`
 	// RowsPerSecond is measured over the slices finished in the last
 	// RateWindowSeconds: the last minute, or less while the live processes
-	// have worked for less than a minute.
+	// have worked for less than a minute. 0 unless the run is running (a
+	// done, failed, paused or interrupted run does not move).
 	RowsPerSecond     float64 `json:"rows_per_second"`
 	RateWindowSeconds float64 `json:"rate_window_seconds"`
 	// ETASeconds is null unless some live process works on the run and
@@ -266,8 +267,13 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 		window = min(window, max(now.Sub(*since), time.Second))
 	}
 	st.RateWindowSeconds = window.Seconds()
+	if st.State != StateRunning {
+		// Done, failed, paused or interrupted: nothing moves now, whatever
+		// finished in the last minute.
+		return nil
+	}
 	st.RowsPerSecond = float64(recent) / window.Seconds()
-	if st.State != StateRunning || c.Unfinished() == 0 {
+	if c.Unfinished() == 0 {
 		return nil
 	}
 	var eta float64

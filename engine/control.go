@@ -61,6 +61,7 @@ type controller struct {
 	rated   atomic.Bool  // a rate is in effect
 	pausing atomic.Bool  // paused with batches still in flight, as last acknowledged
 	health  *health      // nil when no health signal is on
+	capped  int          // the concurrency last capped to MaxConcurrency, 0 if none (apply's alone)
 
 	paceMu    sync.Mutex // serialises pace
 	opLimits  Limits     // the operator's limits last applied (paceMu)
@@ -185,8 +186,14 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 		lim.SleepBetweenSlices = *v
 	}
 	if max := c.e.cfg.MaxConcurrency; lim.Concurrency > max {
-		log.Warn("the run's concurrency is above this process's --max-concurrency; capped", "asked", lim.Concurrency, "max_concurrency", max)
+		// Said once per value asked for, not at every poll.
+		if c.capped != lim.Concurrency {
+			log.Warn("the run's concurrency is above this process's --max-concurrency; capped", "asked", lim.Concurrency, "max_concurrency", max)
+		}
+		c.capped = lim.Concurrency
 		lim.Concurrency = max
+	} else {
+		c.capped = 0
 	}
 	c.limiter.SetBurst(lim.Burst)
 	c.burst.Store(int64(lim.Burst))

@@ -154,8 +154,12 @@ func (c *Controller) Observe(now time.Time, readings []Reading) Decision {
 		}
 	}
 	d.EffectiveConcurrency, d.EffectiveRate = c.conc, c.rate
-	d.Changed = d.EffectiveConcurrency != c.prev.EffectiveConcurrency ||
-		d.EffectiveRate != c.prev.EffectiveRate || d.Hold != c.prev.Hold || key != c.prevKey
+	// A new pace is the throttle's news only while it cuts (now or at the
+	// last poll): unthrottled, the pace follows the operator's limits,
+	// and a `set` has nothing to do with health.
+	cut := d.Reason != "" || c.prev.Reason != ""
+	d.Changed = d.Hold != c.prev.Hold || key != c.prevKey || cut && (d.EffectiveConcurrency != c.prev.EffectiveConcurrency ||
+		d.EffectiveRate != c.prev.EffectiveRate)
 	c.prev, c.prevKey = d, key
 	return d
 }
