@@ -304,8 +304,8 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 		return nil
 	}
 	st.RowsPerSecond = float64(recent) / window.Seconds()
-	if c.Unfinished() == 0 {
-		return nil
+	if c.Unfinished() == 0 && st.RowsTotalEstimated == nil {
+		return nil // nothing left, unless planning goes on: then the rows not planned yet are
 	}
 	if held(st) {
 		return nil // no number: ThrottleReason says what holds it
