@@ -12,6 +12,7 @@ import (
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/testenv"
 	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/throttle"
 )
 
 // waitFor polls cond every 50 ms until it holds, failing the test after
@@ -28,9 +29,10 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 // While a process yields the cron lock to the application's transaction
 // it stays visible and steerable: status lists it, naming as its lock
 // backend the one whose request is queued behind the application (the
-// old one is gone); it keeps acknowledging the control record; a pause
-// and a set given meanwhile are acknowledged at once, not when the
-// application lets go; its reason says it yields. Released, the run ends
+// old one is gone); it keeps acknowledging the control record; the
+// health throttle's hold, a pause and a set given meanwhile are
+// acknowledged at once, not when the application lets go; its reason
+// says it yields. Released, the run ends
 // exact.
 func TestYieldingProcessStaysSteerable(t *testing.T) {
 	t.Parallel()
@@ -40,6 +42,11 @@ func TestYieldingProcessStaysSteerable(t *testing.T) {
 	p := newProgress(t, url)
 	cfg := slowRun
 	cfg.OnEvent = p.onEvent
+	// The health throttle, on the operator's own signal: a row here.
+	if _, err := pool.Exec(ctx, `CREATE TABLE maintenance (reason text)`); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Health = throttle.Config{ThrottleQuery: `SELECT (SELECT reason FROM maintenance LIMIT 1)`, PollInterval: 200 * time.Millisecond}
 	e := testenv.Engine(t, url, nil, cfg)
 	ended := make(chan error, 1)
 	go func() {
@@ -102,6 +109,18 @@ func TestYieldingProcessStaysSteerable(t *testing.T) {
 	})
 	if r := st.Processes[0].Reason; r == nil || !strings.Contains(*r, "yielding the cron lock") {
 		t.Errorf("the yielding process's reason: %v, want it to say it yields", r)
+	}
+
+	// The health throttle's news is acknowledged while yielding too.
+	if _, err := pool.Exec(ctx, `INSERT INTO maintenance VALUES ('maintenance window')`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*engine.ControlInterval, "the health throttle's hold acknowledged while yielding", func() bool {
+		st = status()
+		return len(st.Processes) == 1 && st.Processes[0].Reason != nil && strings.Contains(*st.Processes[0].Reason, "maintenance window")
+	})
+	if _, err := pool.Exec(ctx, `DELETE FROM maintenance`); err != nil {
+		t.Fatal(err)
 	}
 
 	// Steered while yielding: acknowledged at once.
