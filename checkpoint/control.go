@@ -85,7 +85,7 @@ func (s *Store) SetPaused(ctx context.Context, runID int64, paused bool, by stri
 func (s *Store) SetLimits(ctx context.Context, runID int64, l Limits, by string) (*Control, error) {
 	var sleepMS *int64
 	if l.SleepBetweenSlices != nil {
-		ms := l.SleepBetweenSlices.Milliseconds()
+		ms := millisUp(*l.SleepBetweenSlices)
 		sleepMS = &ms
 	}
 	c, err := scanControl(s.db.QueryRow(ctx, s.q(`
@@ -102,6 +102,13 @@ func (s *Store) SetLimits(ctx context.Context, runID int64, l Limits, by string)
 		return nil, fmt.Errorf("set limits of run %d: %w", runID, err)
 	}
 	return c, nil
+}
+
+// millisUp is d in whole milliseconds, as the control record and the
+// registry store a pause: rounded up as the timeouts are, so that a pause
+// asked for (500µs) is never stored as none.
+func millisUp(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // ProcessState is what a process of a run is doing, as it last reported.
@@ -143,9 +150,14 @@ type Process struct {
 
 // Acknowledge writes p's registry row for run: it applied control version
 // p.ControlVersion and now runs under p's limits. StartedAt is kept from
-// the first write.
+// the first write. The first acknowledgement of any process is also when
+// the run's work started (the run's started_at): planning alone, or a
+// plan-only run, starts nothing.
 func (s *Store) Acknowledge(ctx context.Context, runID int64, p Process) error {
 	_, err := s.db.Exec(ctx, s.q(`
+		WITH started AS (
+		    UPDATE _SCHEMA_.run SET started_at = now() WHERE id = $1 AND started_at IS NULL AND $11::text <> 'exited'
+		)
 		INSERT INTO _SCHEMA_.process AS p (run_id, owner, host, os_pid, lock_pid, control_version,
 		    rate, burst, concurrency, sleep_between_slices_ms, state, reason, effective_concurrency, effective_rate)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -154,7 +166,7 @@ func (s *Store) Acknowledge(ctx context.Context, runID int64, p Process) error {
 		    rate = $7, burst = $8, concurrency = $9, sleep_between_slices_ms = $10, state = $11, reason = $12,
 		    effective_concurrency = $13, effective_rate = $14`),
 		runID, p.Owner, p.Host, p.OSPID, p.LockPID, p.ControlVersion, p.Rate, p.Burst, p.Concurrency,
-		p.SleepBetweenSlices.Milliseconds(), p.State, p.Reason, p.EffectiveConcurrency, p.EffectiveRate)
+		millisUp(p.SleepBetweenSlices), p.State, p.Reason, p.EffectiveConcurrency, p.EffectiveRate)
 	if err != nil {
 		return fmt.Errorf("acknowledge control of run %d: %w", runID, err)
 	}

@@ -65,9 +65,13 @@ func (s *Store) Renew(ctx context.Context, runID int64, owner string, lease time
 
 // Repoint records pid as the lock connection of owner's running slices of
 // run: a process that yields the cron lock moves it to a new connection,
-// and its slices must not look abandoned under the old one's pid.
+// and its slices must not look abandoned under the old one's pid, nor the
+// process itself gone from the registry (status, metrics).
 func (s *Store) Repoint(ctx context.Context, runID int64, owner string, pid int) error {
 	_, err := s.db.Exec(ctx, s.q(`
+		WITH registry AS (
+		    UPDATE _SCHEMA_.process SET lock_pid = $3 WHERE run_id = $1 AND owner = $2 AND state <> 'exited'
+		)
 		UPDATE _SCHEMA_.slice SET owner_pid = $3
 		WHERE run_id = $1 AND owner = $2 AND state = 'running'`), runID, owner, pid)
 	if err != nil {

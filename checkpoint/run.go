@@ -219,7 +219,7 @@ func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
 		return err
 	}
 	_, err = tx.Exec(ctx, s.q(`
-		UPDATE _SCHEMA_.run SET state = 'running', started_at = coalesce(started_at, now()), last_error = NULL
+		UPDATE _SCHEMA_.run SET state = 'running', last_error = NULL
 		WHERE id = $1`), run.ID)
 	run.State = StateRunning
 	return err
@@ -231,9 +231,9 @@ func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
 func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
 	var id int64
 	err := tx.QueryRow(ctx, s.q(`
-		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version, started_at,
+		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version,
 		                          planning_done, plan_cursor, plan_max_rows, job, params)
-		VALUES ('running', now() - interval '5 minutes', $1, $2, now(), false, 'infinity', $3, $4, $5)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, false, 'infinity', $3, $4, $5)
 		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows, s.job, spec.Params).Scan(&id)
 	if err != nil {
 		return nil, err

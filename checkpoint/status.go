@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/shardfill/shardfill/shard"
 )
@@ -75,13 +76,26 @@ type Status struct {
 	RowsDone      int64      `json:"rows_done"`
 	// RowsPerSecond is measured over the slices finished in the last
 	// RateWindowSeconds: the last minute, or less while the live processes
-	// have worked for less than a minute.
+	// have worked for less than a minute. 0 unless the run is running (a
+	// done, failed, paused or interrupted run does not move).
 	RowsPerSecond     float64 `json:"rows_per_second"`
 	RateWindowSeconds float64 `json:"rate_window_seconds"`
-	// ETASeconds is null unless some live process works on the run and
-	// a pace is known; under a rate limit it is at least what the limits
-	// allow (unfinished slices / the processes' summed rates).
+	// ETASeconds is the time left at the pace achieved (RowsPerSecond),
+	// and at least what the pace in force allows (unfinished slices / the
+	// working processes' summed effective rates, the health throttle's
+	// cuts included). Null unless some live process works on the run and
+	// a pace is known, and null while every live process is held (paused,
+	// throttled, yielding the cron lock) or the lock is held by the
+	// session they yield to: ThrottleReason then says why.
 	ETASeconds *float64 `json:"eta_seconds"`
+	// ETAEstimated: the run is still being planned and the ETA counts the
+	// rows not planned yet, estimated from the history's extent (the rows
+	// per month of the months planned so far, over all its months).
+	ETAEstimated bool `json:"eta_estimated"`
+	// RowsTotalEstimated is that estimate of the run's raw rows in all
+	// while it is planned; null once planning is done (RowsTotal is then
+	// final), or when the history is planned in one piece.
+	RowsTotalEstimated *int64 `json:"rows_total_estimated"`
 	// Owners are the live processes holding claims.
 	Owners          []string   `json:"owners"`
 	WatermarkTarget time.Time  `json:"watermark_target"`
@@ -154,11 +168,20 @@ func (s *Store) yieldingTo(ctx context.Context) (*LockSession, error) {
 // slice name it starts with.
 const causeSQL = `coalesce(cause, regexp_replace(coalesce(error, ''), '^slice [0-9]+ \(workspace [^,]*, [^)]*\): ', ''))`
 
-// Status reads run's progress. The rate is measured over the slices
+// Status reads run's progress, reading the run afresh. The rate is measured over the slices
 // finished in the last minute (or since the live processes started, when
 // that is shorter), so it reflects the current pace of every process
 // working on the run.
 func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
+	// The run as it is now: a caller's copy may be from when a process
+	// joined, before planning went on (totals, planning) or work started.
+	fresh, err := s.GetRun(ctx, run.ID)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if fresh != nil {
+		run = fresh
+	}
 	c, err := s.Counts(ctx, run.ID)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
@@ -171,6 +194,15 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		StampedAt: run.StampedAt,
 	}
 	st.Planning = !run.PlanningDone && !run.Finished()
+	if st.Planning {
+		rows, ok, err := s.estimatedRows(ctx, run)
+		if err != nil {
+			return nil, fmt.Errorf("status: %w", err)
+		}
+		if ok {
+			st.RowsTotalEstimated = &rows
+		}
+	}
 	if run.StampedAt != nil {
 		st.WatermarkAt = &run.WatermarkTarget
 	}
@@ -281,32 +313,109 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 		window = min(window, max(now.Sub(*since), time.Second))
 	}
 	st.RateWindowSeconds = window.Seconds()
-	st.RowsPerSecond = float64(recent) / window.Seconds()
-	if st.State != StateRunning || c.Unfinished() == 0 {
+	if st.State != StateRunning {
+		// Done, failed, paused or interrupted: nothing moves now, whatever
+		// finished in the last minute.
 		return nil
+	}
+	st.RowsPerSecond = float64(recent) / window.Seconds()
+	if c.Unfinished() == 0 && st.RowsTotalEstimated == nil {
+		return nil // nothing left, unless planning goes on: then the rows not planned yet are
+	}
+	if held(st) {
+		return nil // no number: ThrottleReason says what holds it
+	}
+	rowsLeft, slicesLeft := float64(max(run.RowsTotal-c.RowsDone, 0)), float64(c.Unfinished())
+	if est := st.RowsTotalEstimated; est != nil && run.RowsTotal > 0 {
+		// The slices not planned yet are as many per row as those planned.
+		st.ETAEstimated = true
+		rowsLeft = float64(max(*est-c.RowsDone, 0))
+		slicesLeft = max(float64(c.Total)*float64(*est)/float64(run.RowsTotal)-float64(c.Done+c.Failed), slicesLeft)
 	}
 	var eta float64
 	if st.RowsPerSecond > 0 {
-		eta = float64(max(run.RowsTotal-c.RowsDone, 0)) / st.RowsPerSecond
+		eta = rowsLeft / st.RowsPerSecond
 	}
-	// A rate limit bounds the pace whatever the rows: every unfinished
-	// slice needs a token of some process's limiter.
-	var slicesPerSecond float64
-	limited := len(st.Processes) > 0
-	for _, p := range st.Processes {
-		if p.Rate <= 0 {
-			limited = false
-			break
-		}
-		slicesPerSecond += p.Rate
-	}
-	if limited && slicesPerSecond > 0 {
-		eta = max(eta, float64(c.Unfinished())/slicesPerSecond)
+	// A rate in force bounds the pace whatever the rows: every unfinished
+	// slice needs a token of some working process's limiter, at the rate
+	// the health throttle lets it have.
+	if r := ratesInForce(st.Processes); r > 0 {
+		eta = max(eta, slicesLeft/r)
 	}
 	if eta > 0 && !math.IsInf(eta, 0) {
 		st.ETASeconds = &eta
 	}
 	return nil
+}
+
+// held reports whether nothing moves now though the run is running: every
+// live process is held back (a throttle's hold, a yield; a pause shows as
+// the run's state), or the session they yield to holds the cron lock.
+func held(st *Status) bool {
+	if st.YieldingTo != nil && st.YieldingTo.Granted {
+		return true
+	}
+	if len(st.Processes) == 0 {
+		return false
+	}
+	for _, p := range st.Processes {
+		if p.State == ProcessWorking {
+			return false
+		}
+	}
+	return true
+}
+
+// ratesInForce sums the rates the working processes run at (their
+// limits as the health throttle lowered them); 0 when one of them is
+// unlimited or none works.
+func ratesInForce(procs []Process) float64 {
+	var sum float64
+	for _, p := range procs {
+		if p.State != ProcessWorking {
+			continue
+		}
+		r := p.Rate
+		if p.EffectiveRate != nil {
+			r = *p.EffectiveRate
+		}
+		if r <= 0 {
+			return 0
+		}
+		sum += r
+	}
+	return sum
+}
+
+// estimatedRows estimates the raw rows of a run still being planned, from
+// the history's extent (the months of its raw rows when the run was
+// created): the months not planned yet at the rows per month of those
+// planned after the first piece (the newest month, often partial), or of
+// the first alone while it is the only one. ok is false once planning is
+// done, or for a history planned in one piece.
+func (s *Store) estimatedRows(ctx context.Context, run *Run) (rows int64, ok bool, err error) {
+	var floor, top *time.Time
+	var cursor pgtype.Timestamptz
+	var later int64
+	err = s.db.QueryRow(ctx, s.q(`
+		SELECT r.plan_floor, r.plan_top, r.plan_cursor,
+		       coalesce((SELECT sum(p.rows) FROM _SCHEMA_.plan_piece p WHERE p.run_id = r.id AND p.piece > 0), 0)::bigint
+		FROM _SCHEMA_.run r WHERE r.id = $1 AND NOT r.planning_done`), run.ID).Scan(&floor, &top, &cursor, &later)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if floor == nil || top == nil || !cursor.Valid || cursor.InfinityModifier != pgtype.Finite || !cursor.Time.After(*floor) {
+		return 0, false, nil
+	}
+	planned, left := monthsFrom(cursor.Time, *top)+1, monthsFrom(*floor, cursor.Time)
+	perMonth := float64(run.RowsTotal)
+	if planned > 1 {
+		perMonth = float64(later) / float64(planned-1)
+	}
+	return run.RowsTotal + int64(perMonth*float64(left)), true, nil
 }
 
 // failures groups the failed slices by cause and lists the first of them.

@@ -61,6 +61,7 @@ type controller struct {
 	rated   atomic.Bool  // a rate is in effect
 	pausing atomic.Bool  // paused with batches still in flight, as last acknowledged
 	health  *health      // nil when no health signal is on
+	capped  int          // the concurrency last capped to MaxConcurrency, 0 if none (apply's alone)
 
 	paceMu    sync.Mutex // serialises pace
 	opLimits  Limits     // the operator's limits last applied (paceMu)
@@ -185,8 +186,14 @@ func (c *controller) apply(ctl *checkpoint.Control) {
 		lim.SleepBetweenSlices = *v
 	}
 	if max := c.e.cfg.MaxConcurrency; lim.Concurrency > max {
-		log.Warn("the run's concurrency is above this process's --max-concurrency; capped", "asked", lim.Concurrency, "max_concurrency", max)
+		// Said once per value asked for, not at every poll.
+		if c.capped != lim.Concurrency {
+			log.Warn("the run's concurrency is above this process's --max-concurrency; capped", "asked", lim.Concurrency, "max_concurrency", max)
+		}
+		c.capped = lim.Concurrency
 		lim.Concurrency = max
+	} else {
+		c.capped = 0
 	}
 	c.limiter.SetBurst(lim.Burst)
 	c.burst.Store(int64(lim.Burst))
@@ -260,6 +267,10 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 		// Red or recovering: slower, not held; status still says why.
 		reasons = append(reasons, d.Reason)
 	}
+	if w := c.lock.yieldingTo(); w != nil {
+		// No claim is made until the session served gives the lock back.
+		reasons = append(reasons, fmt.Sprintf("yielding the cron lock to pid %d (%s)", w.pid, orNone(w.app)))
+	}
 	var reason *string
 	if len(reasons) > 0 {
 		r := strings.Join(reasons, "; ")
@@ -272,7 +283,7 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 			state = checkpoint.ProcessPausing
 		case a.Paused:
 			state = checkpoint.ProcessPaused
-		case len(holds) > 0:
+		case len(holds) > 0, c.lock.yieldingTo() != nil:
 			state = checkpoint.ProcessHeld
 		default:
 			state = checkpoint.ProcessWorking
@@ -280,12 +291,25 @@ func (c *controller) acknowledge(ctx context.Context, state checkpoint.ProcessSt
 	}
 	c.pausing.Store(state == checkpoint.ProcessPausing)
 	host, _ := os.Hostname()
-	return c.e.store.Acknowledge(ctx, c.runID, checkpoint.Process{
-		Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: c.lock.backend(), ControlVersion: a.Version,
-		Rate: a.Limits.Rate, Burst: a.Limits.Burst, Concurrency: a.Limits.Concurrency,
-		SleepBetweenSlices: a.Limits.SleepBetweenSlices, State: state, Reason: reason,
-		EffectiveConcurrency: &eff.Concurrency, EffectiveRate: &eff.Rate,
+	// The lock backend is read apart from the yield's guard: a process
+	// that yields keeps acknowledging, naming the backend queued for the
+	// lock.
+	return c.lock.naming(func(lockPID int) error {
+		return c.e.store.Acknowledge(ctx, c.runID, checkpoint.Process{
+			Owner: c.e.cfg.Owner, Host: host, OSPID: os.Getpid(), LockPID: lockPID, ControlVersion: a.Version,
+			Rate: a.Limits.Rate, Burst: a.Limits.Burst, Concurrency: a.Limits.Concurrency,
+			SleepBetweenSlices: a.Limits.SleepBetweenSlices, State: state, Reason: reason,
+			EffectiveConcurrency: &eff.Concurrency, EffectiveRate: &eff.Rate,
+		})
 	})
+}
+
+// orNone is an application_name as a reason shows it.
+func orNone(app string) string {
+	if app == "" {
+		return "no application_name"
+	}
+	return app
 }
 
 // exit marks this process's registry row exited. It uses a context of its

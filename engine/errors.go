@@ -51,10 +51,11 @@ func (e *FailedError) Error() string {
 
 // interrupted maps any error caused by the cancellation of ctx to
 // ErrInterrupted, keeping the error it replaces in the chain, so the
-// caller can tell a stop from a failure.
+// caller can tell a stop from a failure. What to run next is the
+// caller's to say, once (the CLI names its command).
 func interrupted(ctx context.Context, err error) error {
 	if ctx.Err() != nil && err != nil {
-		return fmt.Errorf("%w: in-flight slices rolled back; run again to resume (%w)", ErrInterrupted, err)
+		return fmt.Errorf("%w: in-flight slices rolled back (%w)", ErrInterrupted, err)
 	}
 	return err
 }

@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +96,22 @@ func TestControllerApplies(t *testing.T) {
 	}
 	if len(applied) != 2 || applied[0].Version != 3 || !applied[0].Paused || applied[1].Limits.Concurrency != 8 {
 		t.Fatalf("ControlApplied events: %+v", applied)
+	}
+}
+
+// A concurrency above MaxConcurrency is warned about once per value asked
+// for, not at every poll of the control record (every 2 s).
+func TestCappedConcurrencyWarnedOncePerChange(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	e := &Engine{cfg: Config{Concurrency: 4, MaxConcurrency: 8, Logger: slog.New(slog.NewTextHandler(&logs, nil))}.WithDefaults()}
+	c := e.newController(1, &cronLock{pid: 1})
+	warned := func() int { return strings.Count(logs.String(), "above this process's --max-concurrency") }
+	for i, n := range []int{100, 100, 100, 50, 50, 4, 100} {
+		c.apply(&checkpoint.Control{Version: int64(i + 1), Limits: checkpoint.Limits{Concurrency: &n}})
+	}
+	// 100 (once), 50 (once), 4 (none), 100 again (once).
+	if got := warned(); got != 3 {
+		t.Fatalf("warned %d times, want 3 (once per change):\n%s", got, logs.String())
 	}
 }

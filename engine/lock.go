@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,6 +53,18 @@ type cronLock struct {
 	session sync.RWMutex
 	pid     int // backend pid of conn, recorded with claims so others can tell we live
 
+	// named is the backend that holds this process's lock or queues for
+	// it, as the registry names it: during a yield it moves to the new
+	// connection as soon as its request is queued (step 5), where pid
+	// waits for the grant. It is read apart from session, which a yield
+	// holds for as long as the session it yields to keeps the lock: the
+	// process must stay visible and steerable meanwhile. nameMu keeps a
+	// registry write from putting back the backend a yield just moved
+	// away from.
+	nameMu   sync.Mutex
+	named    int
+	yielding atomic.Pointer[waiter] // the session a yield in progress serves; nil otherwise
+
 	yieldMu  sync.Mutex
 	yieldEnd chan struct{} // closed when the current (or next) yield ends
 }
@@ -70,7 +83,7 @@ func acquireLock(ctx context.Context, db *pgxpool.Pool, spec job.Lock, join func
 	if err != nil {
 		return nil, err
 	}
-	l.conn, l.pid = conn, pid
+	l.conn, l.pid, l.named = conn, pid, pid
 	try, take, mode := `SELECT pg_try_advisory_xact_lock_shared($1)`, `SELECT pg_advisory_xact_lock_shared($1)`, "exclusively"
 	if spec.Exclusive {
 		try, take, mode = `SELECT pg_try_advisory_xact_lock($1)`, `SELECT pg_advisory_xact_lock($1)`, "(another process of this run, or a session)"

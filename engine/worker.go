@@ -120,6 +120,9 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 		return true, nil // paused (or held) while waiting for the token
 	}
 	batch, err := w.claim(ctx)
+	if errors.Is(err, errHeldMeanwhile) {
+		return true, nil
+	}
 	if err != nil && retryable(err) && ctx.Err() == nil && *failures+1 < w.e.cfg.MaxAttempts {
 		*failures++
 		w.e.cfg.Logger.Warn("claim failed; retrying", "attempt", *failures, "err", err)
@@ -177,6 +180,9 @@ func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
 	defer cancel()
 	c, leave := w.enter() // waits out a yield of the cron lock
 	defer leave()
+	if w.ctl.gate.Held() {
+		return nil, errHeldMeanwhile
+	}
 	batch, err := w.e.store.Claim(cctx, w.runID, c, w.ctl.batchLimits(), w.e.cfg.Lease)
 	if err == nil && ctx.Err() != nil {
 		return nil, ctx.Err()

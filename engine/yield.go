@@ -30,8 +30,11 @@ import (
 //     granted at once and only raises its hold count.
 //  4. The old connection watches pg_locks until that request is there,
 //     queued behind the waiter (or granted, if the waiter is gone).
-//  5. The process's running slices are re-pointed to the new backend, so
-//     other processes do not take them for abandoned.
+//  5. The process's running slices, and its registry row, are re-pointed
+//     to the new backend, so other processes do not take them for
+//     abandoned and status still lists the process. From here on its
+//     acknowledgements name the new backend (they never wait for the
+//     yield: the process stays steerable throughout).
 //  6. Only now is the old lock released and its connection closed.
 //  7. The waiter gets the lock, does its work and ends; PostgreSQL grants
 //     the queued shared requests in the same step. If the waiter gives up
@@ -49,7 +52,7 @@ import (
 // three million tries, also with three processes yielding together).
 
 // repointFunc records pid as the backend of this process's lock connection
-// on the slices it has claimed.
+// on the slices it has claimed and in its registry row.
 type repointFunc func(ctx context.Context, pid int) error
 
 // waiter is a session waiting for the cron lock exclusively.
@@ -107,6 +110,18 @@ func (l *cronLock) backend() int {
 	return pid
 }
 
+// naming calls write with the backend the registry names as this
+// process's lock holder (see named); a yield does not move it meanwhile.
+// It never waits for a yield: only for a registry write or a re-point.
+func (l *cronLock) naming(write func(pid int) error) error {
+	l.nameMu.Lock()
+	defer l.nameMu.Unlock()
+	return write(l.named)
+}
+
+// yieldingTo is the session a yield in progress serves, or nil.
+func (l *cronLock) yieldingTo() *waiter { return l.yielding.Load() }
+
 // enter is the workers' side of lock.enter: who claims or fences now.
 func (w *workers) enter() (checkpoint.Claimant, func()) {
 	c := w.claimant
@@ -114,6 +129,11 @@ func (w *workers) enter() (checkpoint.Claimant, func()) {
 	c.PID = pid
 	return c, leave
 }
+
+// errHeldMeanwhile is a claim given up because the gate was held (a
+// pause, a throttle) while the claim waited out a yield: a pause applied
+// during a yield holds from the instant work resumes.
+var errHeldMeanwhile = errors.New("held while waiting out a yield")
 
 // contended waits after a fence met an exclusive waiter: until the yield it
 // causes has ended, or contendedPause if none does (the waiter may be gone
@@ -148,9 +168,11 @@ func (l *cronLock) yielded() {
 func (l *cronLock) yield(ctx context.Context, to waiter, repoint repointFunc) error {
 	start := time.Now()
 	l.log.Info("yielding the cron lock", "lock", l.key, "to_pid", to.pid, "to_application_name", to.app)
+	l.yielding.Store(&to)
 	l.session.Lock() // step 2
 	defer func() {
 		l.session.Unlock()
+		l.yielding.Store(nil)
 		l.yielded()
 	}()
 	req, err := l.request(ctx) // step 3
@@ -167,7 +189,10 @@ func (l *cronLock) yield(ctx context.Context, to waiter, repoint repointFunc) er
 		return nil
 	}
 	rctx, done := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	err = repoint(rctx, req.pid) // step 5
+	err = l.naming(func(int) error { // step 5
+		l.named = req.pid // the registry's too, from here on
+		return repoint(rctx, req.pid)
+	})
 	done()
 	if err != nil {
 		l.log.Warn("could not re-point claimed slices to the new lock connection; others may take them over", "err", err)

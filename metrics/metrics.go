@@ -95,7 +95,7 @@ func New() *Metrics {
 	m.rowsDone = gauge("shardfill_run_rows_done", "Raw rows (as planned) of the run's done slices, all processes.")
 	m.rowsTotal = gauge("shardfill_run_rows_total", "Raw rows (as planned) of the whole run.")
 	m.rowsPerSec = gauge("shardfill_run_rows_per_second", "The run's pace over the last minute (or since its live processes started), all processes.")
-	m.eta = gauge("shardfill_run_eta_seconds", "Estimated seconds until the run's last slice is done; -1 when unknown (paused, interrupted, no pace yet).")
+	m.eta = gauge("shardfill_run_eta_seconds", "Estimated seconds until the run's last slice is done; -1 when unknown (paused, held, interrupted, no pace yet).")
 	m.paused = gauge("shardfill_run_paused", "1 while the run is paused (shardfill pause).")
 	m.throttled = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "shardfill_throttled", Help: "1 while something holds this process back from claiming, by reason (pause, health throttles).",

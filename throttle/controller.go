@@ -66,7 +66,8 @@ type Controller struct {
 	limits   Limits
 	conc     int
 	rate     float64 // 0 = unlimited
-	full     float64 // the rate the steps are fractions of; 0 = none yet
+	full     float64 // the rate the steps are fractions of, and the climb's top; 0 = none yet
+	fullConc int     // the concurrency the climb goes back to
 	measured float64
 
 	greens  int
@@ -79,7 +80,7 @@ type Controller struct {
 // NewController starts at the configured limits.
 func NewController(l Limits) *Controller {
 	l = l.normal()
-	c := &Controller{limits: l, conc: l.Concurrency, rate: l.Rate, full: l.Rate}
+	c := &Controller{limits: l, conc: l.Concurrency, rate: l.Rate, full: l.Rate, fullConc: l.Concurrency}
 	c.prev, c.prevKey = Decision{EffectiveConcurrency: c.conc, EffectiveRate: c.rate}, Green.String()+" "
 	return c
 }
@@ -91,26 +92,33 @@ func (l Limits) normal() Limits {
 }
 
 // throttled reports whether the pace is below the limits.
-func (c *Controller) throttled() bool {
-	return c.conc < c.limits.Concurrency || (c.rate > 0 && (c.limits.Rate == 0 || c.rate < c.limits.Rate))
+func (c *Controller) throttled() bool { return c.concCut() || c.rateCut() }
+
+func (c *Controller) concCut() bool { return c.conc < c.limits.Concurrency }
+
+func (c *Controller) rateCut() bool {
+	return c.rate > 0 && (c.limits.Rate == 0 || c.rate < c.limits.Rate)
 }
 
-// SetLimits applies the operator's new limits. Unthrottled, the pace
-// follows them at once; throttled, it is cut to them if they are lower and
-// otherwise climbs to them step by step, as the signals allow.
+// SetLimits applies the operator's new limits. What the Controller has not
+// cut follows them at once, up or down. What it has cut stays cut: a
+// lower limit cuts it further at once; a higher one takes effect once the
+// climb, which goes back only to where the Controller cut from (its own
+// cut), is over: the operator's raise is never climbed step by step.
 func (c *Controller) SetLimits(l Limits) {
 	l = l.normal()
-	if !c.throttled() {
-		c.limits, c.conc, c.rate, c.full = l, l.Concurrency, l.Rate, l.Rate
-		return
-	}
+	concCut, rateCut := c.concCut(), c.rateCut()
 	c.limits = l
-	c.conc = min(c.conc, l.Concurrency)
-	if l.Rate > 0 {
-		c.full = l.Rate
-		if c.rate == 0 || c.rate > l.Rate {
-			c.rate = l.Rate
-		}
+	if concCut {
+		c.conc, c.fullConc = min(c.conc, l.Concurrency), min(c.fullConc, l.Concurrency)
+	} else {
+		c.conc, c.fullConc = l.Concurrency, l.Concurrency
+	}
+	switch {
+	case !rateCut:
+		c.rate, c.full = l.Rate, l.Rate
+	case l.Rate > 0:
+		c.rate, c.full = min(c.rate, l.Rate), min(c.full, l.Rate)
 	}
 }
 
@@ -154,8 +162,12 @@ func (c *Controller) Observe(now time.Time, readings []Reading) Decision {
 		}
 	}
 	d.EffectiveConcurrency, d.EffectiveRate = c.conc, c.rate
-	d.Changed = d.EffectiveConcurrency != c.prev.EffectiveConcurrency ||
-		d.EffectiveRate != c.prev.EffectiveRate || d.Hold != c.prev.Hold || key != c.prevKey
+	// A new pace is the throttle's news only while it cuts (now or at the
+	// last poll): unthrottled, the pace follows the operator's limits,
+	// and a `set` has nothing to do with health.
+	cut := d.Reason != "" || c.prev.Reason != ""
+	d.Changed = d.Hold != c.prev.Hold || key != c.prevKey || cut && (d.EffectiveConcurrency != c.prev.EffectiveConcurrency ||
+		d.EffectiveRate != c.prev.EffectiveRate)
 	c.prev, c.prevKey = d, key
 	return d
 }
@@ -183,16 +195,25 @@ func (c *Controller) decrease() {
 	}
 }
 
+// increase climbs one step back towards where the Controller cut from;
+// once there its cut is over and the operator's limits, whatever they
+// became meanwhile, apply.
 func (c *Controller) increase() {
-	c.conc = min(c.limits.Concurrency, c.conc+1)
+	if c.conc++; c.conc >= c.fullConc {
+		c.conc, c.fullConc = c.limits.Concurrency, c.limits.Concurrency
+	}
+	c.conc = min(c.conc, c.limits.Concurrency)
 	if c.rate == 0 {
 		return
 	}
 	c.rate += c.full * RateStep
 	switch {
+	case c.rate >= c.full*(1-RateStep/2): // float steps: back at full
+		c.rate = c.limits.Rate // 0: unlimited again
+		if c.rate > 0 {
+			c.full = c.rate
+		}
 	case c.limits.Rate > 0:
 		c.rate = min(c.rate, c.limits.Rate)
-	case c.rate >= c.full*(1-RateStep/2): // float steps: back at full
-		c.rate = 0 // unlimited again
 	}
 }

@@ -155,13 +155,15 @@ func TestControllerUnlimitedRateStartsFromMeasured(t *testing.T) {
 }
 
 // The operator's limits rule: lower ones cut at once, higher ones are
-// followed at once when unthrottled and climbed to when throttled.
+// followed at once when unthrottled (and are no health news: nothing to
+// log) and, when throttled, take effect once the throttle's own cut is
+// climbed back.
 func TestControllerOperatorLimitsRule(t *testing.T) {
 	c := NewController(Limits{Concurrency: 8, Rate: 100})
 	clk := newClock()
 	c.SetLimits(Limits{Concurrency: 16, Rate: 400})
-	if d := c.Observe(clk.tick(), green); d.EffectiveConcurrency != 16 || d.EffectiveRate != 400 || !d.Changed {
-		t.Fatalf("raised while unthrottled: %+v, want 16 workers, 400/s at once", d)
+	if d := c.Observe(clk.tick(), green); d.EffectiveConcurrency != 16 || d.EffectiveRate != 400 || d.Changed {
+		t.Fatalf("raised while unthrottled: %+v, want 16 workers, 400/s at once, and no transition to log", d)
 	}
 	c.Observe(clk.tick(), redLag) // 8, 200
 	c.SetLimits(Limits{Concurrency: 2, Rate: 50})
@@ -179,7 +181,70 @@ func TestControllerOperatorLimitsRule(t *testing.T) {
 	for i := 0; i < GreenPolls; i++ {
 		d = c.Observe(clk.tick(), green)
 	}
-	if d.EffectiveConcurrency != 2 || d.EffectiveRate != 35 {
-		t.Fatalf("raised while throttled: %+v, want one step (2 workers, 25+10/s), not a jump", d)
+	if d.EffectiveConcurrency != 3 || d.EffectiveRate != 30 {
+		t.Fatalf("raised while throttled: %+v, want one step of its own cut (1 to 2 workers, which ends it: the "+
+			"operator's 3; 25 + 10 %% of the 50/s it cut from), not a jump to 100/s nor steps of 10/s", d)
+	}
+}
+
+// A `set` while nothing is cut changes the pace at once and is no health
+// news: no transition, so the engine logs no "back at the configured
+// pace" for it.
+func TestControllerOperatorSetIsNoHealthNews(t *testing.T) {
+	c := NewController(Limits{Concurrency: 4, Rate: 20})
+	clk := newClock()
+	c.Observe(clk.tick(), green)
+	for _, l := range []Limits{{Concurrency: 8, Rate: 40}, {Concurrency: 2, Rate: 0}, {Concurrency: 2, Rate: 5}} {
+		c.SetLimits(l)
+		if d := c.Observe(clk.tick(), green); d.Changed || d.Reason != "" || d.EffectiveConcurrency != l.Concurrency || d.EffectiveRate != l.Rate {
+			t.Fatalf("set %+v while green: %+v, want the new limits at once, unchanged, no reason", l, d)
+		}
+	}
+}
+
+// An operator's raise while the throttle has cut applies at once up to
+// what the throttle allows; the climb goes back only to where the
+// throttle cut from, in steps of that pace, and then the raise rules:
+// never a slow climb to the operator's new limits.
+func TestControllerOperatorRaiseIsNotClimbed(t *testing.T) {
+	c := NewController(Limits{Concurrency: 4, Rate: 20})
+	clk := newClock()
+	c.Observe(clk.tick(), redLag) // 2 workers, 10/s
+	c.SetLimits(Limits{Concurrency: 8, Rate: 40})
+	d := c.Observe(clk.tick(), green)
+	if d.EffectiveConcurrency != 2 || d.EffectiveRate != 10 {
+		t.Fatalf("raised while cut: %+v, want what the throttle allows (2 workers, 10/s)", d)
+	}
+	steps := 0
+	for d.EffectiveRate != 40 || d.EffectiveConcurrency != 8 {
+		if steps++; steps > 20 {
+			t.Fatalf("not at the raised limits after 20 steps: %+v", d)
+		}
+		for range GreenPolls {
+			d = c.Observe(clk.tick(), green)
+		}
+	}
+	// 10/s back to 20/s in steps of 2/s, 2 workers back to 4: 5 steps;
+	// climbing to the raise would take 8 (2 to 8 workers: 6).
+	if steps != 5 || d.Reason != "" {
+		t.Fatalf("%d steps to the raised limits (%+v), want 5: the climb of the throttle's own cut, then the raise at once", steps, d)
+	}
+
+	// Unlimited by the operator while a rate is cut: the cut climbs back
+	// to where it was made, then there is no limit.
+	c = NewController(Limits{Concurrency: 1, Rate: 25})
+	c.Observe(clk.tick(), redLag) // 12.5/s
+	c.SetLimits(Limits{Concurrency: 1, Rate: 30})
+	c.SetLimits(Limits{Concurrency: 1, Rate: 0})
+	for steps = 0; d.EffectiveRate != 0 || d.Reason != ""; {
+		if steps++; steps > 20 {
+			t.Fatalf("not unlimited after 20 steps: %+v", d)
+		}
+		for range GreenPolls {
+			d = c.Observe(clk.tick(), green)
+		}
+	}
+	if steps != 5 {
+		t.Fatalf("%d steps from 12.5/s (cut from 25/s) to unlimited, want 5 of 2.5/s", steps)
 	}
 }

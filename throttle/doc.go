@@ -94,8 +94,12 @@
 // of green. With an unlimited rate only the concurrency adapts, unless the
 // caller reports the measured rate ([Controller.SetMeasuredRate]): then a
 // cut limits the rate to half of it and the steps climb back to unlimited.
+// The climb is for the Controller's own cuts only: it goes back to the
+// pace it cut from, and an operator's raise meanwhile (`set`) applies at
+// once up to what the Controller allows, in full once its climb is over.
 // [Decision.Changed] marks transitions (pace, hold, or the signals behind
-// them), for one log record each rather than one per poll.
+// them) while the Controller cuts, for one log record each rather than one
+// per poll; a `set` while nothing is cut is no transition.
 //
 // # Cost
 //

@@ -327,10 +327,10 @@ func TestArchiveBacklog(t *testing.T) {
 	})
 }
 
-// A role without pg_monitor: no standby, nothing to hide, green; with a
-// standby it sees WAL senders but not their positions, so the signal holds
-// naming the grant, and Preflight refuses it when the flag was set
-// explicitly. Granted pg_monitor, all is readable.
+// A role without pg_monitor: no standby, nothing to hide, green, though
+// Preflight refuses the flag set explicitly; with a standby it sees WAL
+// senders but not their positions, so the signal holds naming the grant,
+// and Preflight refuses it when the flag was set explicitly. Granted pg_monitor, all is readable.
 func TestUnprivilegedRoleFailsClosed(t *testing.T) {
 	t.Parallel()
 	srv := pgtest.PrivateServer(t)
@@ -343,6 +343,11 @@ func TestUnprivilegedRoleFailsClosed(t *testing.T) {
 
 	lagOnly := monitor(t, throttle.Config{MaxReplicaLag: 30 * time.Second})
 	requireState(t, poll(t, lagOnly, plain), throttle.Green) // no standby: nothing unseen
+	// Set explicitly, the guard is refused even so (README): it would be
+	// blind to the first standby that attaches.
+	if _, err := lagOnly.Preflight(ctx, plain, map[throttle.Signal]bool{throttle.ReplicaLag: true}); !errors.As(err, new(*throttle.UnreadableError)) {
+		t.Fatalf("Preflight with --max-replica-lag explicit and no standby: %v, want *UnreadableError", err)
+	}
 
 	pgtest.Standby(t, srv, pgserver.StandbyOptions{})
 	r := poll(t, lagOnly, plain)

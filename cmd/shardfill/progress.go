@@ -197,6 +197,7 @@ type figures struct {
 	throttle                         *string
 	state                            string
 	planning                         bool // the totals count the pieces planned so far
+	etaEstimated                     bool // the ETA counts rows not planned yet, estimated
 }
 
 func (p *progress) figures() (figures, bool) {
@@ -225,7 +226,7 @@ func (p *progress) figures() (figures, bool) {
 		// Run-wide: every process of the run counts.
 		f.slicesDone, f.rowsDone, f.failed, f.state = st.SlicesDone, st.RowsDone, st.SlicesFailed, string(st.State)
 		f.slicesTotal, f.rowsTotal, f.planning = st.SlicesTotal, st.RowsTotal, st.Planning
-		f.rowsPerSecond, f.eta = st.RowsPerSecond, st.ETASeconds
+		f.rowsPerSecond, f.eta, f.etaEstimated = st.RowsPerSecond, st.ETASeconds, st.ETAEstimated
 		if st.ThrottleReason != nil {
 			f.throttle = st.ThrottleReason
 		}
@@ -254,7 +255,7 @@ func (p *progress) record() {
 		"rows_done", f.rowsDone, "rows_total", f.rowsTotal,
 		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", round1(f.procRowsPerSecond),
 		"eta_seconds", eta, "failed", f.failed, "retries", f.retries,
-		"paused", f.paused, "throttle_reason", throttle, "planning", f.planning)
+		"paused", f.paused, "throttle_reason", throttle, "planning", f.planning, "eta_estimated", f.etaEstimated)
 }
 
 // jobName is the job of the run the progress follows.
@@ -287,7 +288,11 @@ func (p *progress) describe() {
 		d += fmt.Sprintf(" · %.0f rows/s", f.procRowsPerSecond)
 	}
 	if f.eta != nil && !f.paused {
-		d += " · eta " + (time.Duration(*f.eta) * time.Second).Round(time.Second).String()
+		approx := ""
+		if f.etaEstimated {
+			approx = "~"
+		}
+		d += " · eta " + approx + (time.Duration(*f.eta) * time.Second).Round(time.Second).String()
 	}
 	p.pb.Describe(d)
 }

@@ -83,7 +83,8 @@ against one database at once: they share the run.`,
 					res.Run.ID, res.Executed, res.RowsWritten, time.Since(started).Round(time.Millisecond))
 			}
 			if errors.Is(err, engine.ErrInterrupted) && res != nil {
-				printf(g.out, "interrupted: run %d is checkpointed; run `shardfill run` again to resume\n", res.Run.ID)
+				// The error that follows says what to run next.
+				printf(g.out, "interrupted: run %d is checkpointed\n", res.Run.ID)
 			}
 			if err != nil {
 				return err

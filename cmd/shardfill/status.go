@@ -57,6 +57,26 @@ run is in progress, whichever process or host runs it. With --check it exits
 	return cmd
 }
 
+// etaText is the ETA as status prints it: a duration (marked when it
+// counts rows not planned yet), what holds the run while nothing moves,
+// or "-" while no pace is known; ok is false for a run that is not moving
+// and has nothing to say.
+func etaText(st *checkpoint.Status) (eta string, ok bool) {
+	switch {
+	case st.ETASeconds != nil:
+		eta = (time.Duration(*st.ETASeconds) * time.Second).Round(time.Second).String()
+		if st.ETAEstimated {
+			eta = "~" + eta + " (estimated: planning goes on)"
+		}
+		return eta, true
+	case st.State == checkpoint.StateRunning && st.ThrottleReason != nil && st.SlicesPending+st.SlicesRunning > 0:
+		return "none while held: " + *st.ThrottleReason, true
+	case st.RowsPerSecond > 0:
+		return "-", true
+	}
+	return "", false
+}
+
 func printStatus(g *globals, st *checkpoint.Status) {
 	w := g.out
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
@@ -82,13 +102,13 @@ func printStatus(g *globals, st *checkpoint.Status) {
 	}
 	printf(w, "rows: %d of %d done (%.1f%%)\n", st.RowsDone, st.RowsTotal, pct)
 	if st.Planning {
-		printf(w, "planning: still in progress; the totals count the months planned so far\n")
-	}
-	if st.RowsPerSecond > 0 || st.ETASeconds != nil {
-		eta := "-"
-		if st.ETASeconds != nil {
-			eta = (time.Duration(*st.ETASeconds) * time.Second).Round(time.Second).String()
+		about := ""
+		if e := st.RowsTotalEstimated; e != nil {
+			about = fmt.Sprintf(" (about %d rows in all, estimated from the history's extent)", *e)
 		}
+		printf(w, "planning: still in progress; the totals count the months planned so far%s\n", about)
+	}
+	if eta, ok := etaText(st); ok {
 		printf(w, "rate: %.0f rows/s over the last %.0fs, eta %s\n", st.RowsPerSecond, st.RateWindowSeconds, eta)
 	}
 	if st.ReadOnlyReplica {

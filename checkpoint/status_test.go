@@ -1,0 +1,100 @@
+package checkpoint_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/job"
+)
+
+// A pause of less than a millisecond is stored rounded up, as the
+// timeouts are, in the control record and in the registry: never as none.
+func TestSleepStoredRoundedUp(t *testing.T) {
+	t.Parallel()
+	_, store, pid := claimSetup(t)
+	ctx := context.Background()
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := 500 * time.Microsecond
+	ctl, err := store.SetLimits(ctx, run.ID, checkpoint.Limits{SleepBetweenSlices: &d}, "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ctl.Limits.SleepBetweenSlices; got == nil || *got != time.Millisecond {
+		t.Fatalf("set 500µs: stored %v, want 1ms", got)
+	}
+	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, SleepBetweenSlices: d,
+		State: checkpoint.ProcessWorking}); err != nil {
+		t.Fatal(err)
+	}
+	procs, err := store.Processes(ctx, run.ID)
+	if err != nil || len(procs) != 1 || procs[0].SleepMS != 1 {
+		t.Fatalf("registry with a 500µs pause: %+v, %v; want one process at 1 ms", procs, err)
+	}
+}
+
+// The ETA is the time left at the pace in force, not at the limits
+// configured: with the health throttle at 2 slices/s of a configured 20,
+// the unfinished slices take at least their number / 2 seconds, however
+// fast the last rows went. While every live process is held the ETA
+// is no number, and throttle_reason says why.
+func TestETAUsesThePaceInForceAndSaysHeld(t *testing.T) {
+	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	ctx := context.Background()
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Half the slices done since the process started: a torrent of rows
+	// per second.
+	done := func() {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `UPDATE shardfill.slice SET state = 'done', started_at = now(), finished_at = now()
+			WHERE run_id = $1 AND id <= (SELECT min(id) + count(*) / 2 FROM shardfill.slice WHERE run_id = $1)`, run.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack := func(state checkpoint.ProcessState, reason string) {
+		t.Helper()
+		conc, eff := 2, 2.0
+		if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Rate: 20, Burst: 1, Concurrency: 4,
+			State: state, Reason: &reason, EffectiveConcurrency: &conc, EffectiveRate: &eff}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack(checkpoint.ProcessWorking, "replica lag 42s on standby x > 30s")
+	done()
+	st, err := store.Status(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unfinished := float64(st.SlicesPending + st.SlicesRunning)
+	if st.State != checkpoint.StateRunning || len(st.Processes) != 1 || unfinished < 10 || st.RowsPerSecond <= 0 {
+		t.Fatalf("status: state %s, %d processes, %v unfinished slices, %.0f rows/s", st.State, len(st.Processes), unfinished, st.RowsPerSecond)
+	}
+	if st.ETASeconds == nil || *st.ETASeconds < unfinished/2 {
+		t.Fatalf("eta %v with %v slices left at 2 slices/s (throttled from 20): want at least %v s", ptr(st.ETASeconds), unfinished, unfinished/2)
+	}
+
+	ack(checkpoint.ProcessHeld, "VACUUM of task_usage_hourly in progress")
+	if st, err = store.Status(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	if st.ETASeconds != nil || st.ThrottleReason == nil || *st.ThrottleReason != "VACUUM of task_usage_hourly in progress" {
+		t.Fatalf("held: eta %v, throttle reason %v; want no eta and the reason", ptr(st.ETASeconds), ptr(st.ThrottleReason))
+	}
+}
+
+func ptr[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
