@@ -201,7 +201,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if slices.Equal(o.scenarios, []string{ScenarioLastActivity}) {
-		return LastActivity(ctx, h, srv, o.issueRows, o.rounds, o.out)
+		return LastActivity(ctx, h, srv, o.issueRows, o.rounds, o.out, o.resultsDoc)
 	}
 
 	cfg := size.Fixture.WithDefaults()

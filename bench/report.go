@@ -436,6 +436,10 @@ func WriteResultsDoc(dir, path string) error {
 			b.Write(md)
 		}
 	}
+	if md, err := os.ReadFile(filepath.Join(dir, ScenarioLastActivity+".md")); err == nil {
+		b.WriteString("\n")
+		b.Write(md)
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 

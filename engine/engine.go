@@ -82,8 +82,9 @@ func paramsOf(j Job) map[string]*string {
 	return nil
 }
 
-// Ranged is a job whose runs can be limited to recent history
-// (Config.MonthsBack).
+// Ranged is a job over a history that it hands over to an incremental
+// job at a watermark (the rollup): its runs can be limited to recent
+// history (Config.MonthsBack), and its finish stamps the watermark.
 type Ranged interface {
 	// HasRowsBefore reports whether raw rows older than at exist: history
 	// that a run limited to start at at would leave out.
@@ -319,6 +320,10 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 	case res.Outcome.State == checkpoint.StateFailed:
 		return res, &FailedError{RunID: run.ID, Failed: res.Outcome.Counts.Failed}
 	case res.Outcome.State != checkpoint.StateDone:
+	case !e.Watermarked() && res.Outcome.Closed:
+		log.Info("run done; the job's finish ran", "run", run.ID, "job", e.job.Name())
+	case !e.Watermarked():
+		log.Info("run already done by another process", "run", run.ID, "job", e.job.Name())
 	case res.Outcome.Stamped && res.Outcome.Closed:
 		log.Info("run done; watermark stamped", "run", run.ID, "watermark_at", run.WatermarkTarget.UTC().Format(time.RFC3339))
 	case res.Outcome.Stamped:
@@ -336,7 +341,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 // error stops the workers and is returned.
 func (e *Engine) workWhilePlanning(ctx context.Context, lock *cronLock, ctl *controller, run *checkpoint.Run, res *Result) error {
 	if run.PlanningDone {
-		return e.workUntilDone(ctx, lock, ctl, res)
+		return e.workUntilDone(ctx, lock, ctl, nil, res)
 	}
 	wctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
@@ -349,7 +354,7 @@ func (e *Engine) workWhilePlanning(ctx context.Context, lock *cronLock, ctl *con
 		}
 		planning <- err
 	}()
-	err := e.workUntilDone(withPlanner(wctx, p), lock, ctl, res)
+	err := e.workUntilDone(wctx, lock, ctl, p, res)
 	if cause := context.Cause(wctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause // the planner failed and stopped the workers
 	}
@@ -424,10 +429,10 @@ func stopped(parent, watched context.Context, err error) error {
 // Anything still claimed by it once every worker is done was stranded (its
 // batch was partly taken over mid-way): it is handed back and worked again,
 // so the run cannot end unfinished.
-func (e *Engine) workUntilDone(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
+func (e *Engine) workUntilDone(ctx context.Context, lock *cronLock, ctl *controller, p *planner, res *Result) error {
 	runID := ctl.runID
 	for {
-		if err := e.work(ctx, lock, ctl, res); err != nil {
+		if err := e.work(ctx, lock, ctl, p, res); err != nil {
 			return err
 		}
 		stranded, err := e.store.Release(ctx, runID, e.cfg.Owner)
@@ -511,6 +516,13 @@ func (e *Engine) Preflight(ctx context.Context, writes bool) error {
 		return nil
 	}
 	return job.CheckPrivileges(ctx, e.db, e.job.Name(), e.job.Needs())
+}
+
+// Watermarked reports whether the job's finish stamps a watermark (see
+// Ranged), which is how its runs end.
+func (e *Engine) Watermarked() bool {
+	_, ok := e.job.(Ranged)
+	return ok
 }
 
 // JobName is the name of the job the engine runs.

@@ -70,7 +70,8 @@ func (p *planner) signal() {
 
 // idle waits until the next piece is planned here, or d, or ctx's end:
 // an idle worker waits for slices held elsewhere or not planned yet
-// (planned by another process, it finds them after d).
+// (planned by another process, it finds them after d). A nil planner (the
+// run is fully planned) waits d.
 func (p *planner) idle(ctx context.Context, d time.Duration) error {
 	if p == nil {
 		return sleep(ctx, d)
@@ -88,20 +89,6 @@ func (p *planner) idle(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-type plannerKey struct{}
-
-// withPlanner hands p to the workers of ctx (see idle).
-func withPlanner(ctx context.Context, p *planner) context.Context {
-	return context.WithValue(ctx, plannerKey{}, p)
-}
-
-// idle is how an idle worker waits before it looks for work again: until
-// this process's planner planned a piece, at most d.
-func idle(ctx context.Context, d time.Duration) error {
-	p, _ := ctx.Value(plannerKey{}).(*planner)
-	return p.idle(ctx, d)
 }
 
 // planAll plans every piece left, for --plan-only.

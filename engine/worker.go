@@ -20,9 +20,13 @@ import (
 // work runs the worker pool until no slice of the run is left for it.
 // MaxConcurrency workers are started; ctl's gate lets as many claim at
 // once as the limits in effect allow, and none while the run is paused.
-func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, res *Result) error {
+//
+// p is this process's planner, which wakes idle workers when it planned a
+// piece (nil when the run is fully planned).
+func (e *Engine) work(ctx context.Context, lock *cronLock, ctl *controller, p *planner, res *Result) error {
 	w := &workers{
 		e:        e,
+		planner:  p,
 		lock:     lock,
 		runID:    ctl.runID,
 		ctl:      ctl,
@@ -68,6 +72,7 @@ type workers struct {
 	lock     *cronLock
 	runID    int64
 	ctl      *controller // the gate, the limits in effect
+	planner  *planner    // nil: the run is fully planned
 	limiter  *rate.Limiter
 	claimant checkpoint.Claimant
 	executed atomic.Int64
@@ -137,7 +142,7 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 		if err != nil || !more {
 			return false, err
 		}
-		return true, idle(ctx, pollInterval)
+		return true, w.planner.idle(ctx, pollInterval)
 	}
 	// A cancel while waiting hands the claimed batch back with the rest.
 	if err := w.take(ctx, len(batch.Slices)-1); err != nil {

@@ -107,6 +107,10 @@ func TestIssueJobThroughCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "slices: 3") {
 		t.Fatalf("check: exit %d, want 3 slices:\n%s", code, out)
 	}
+	code, out = cli(t, "plan", "--job", "issue-last-activity", "--database-url", url)
+	if code != 0 || !strings.Contains(out, "rows_to_seed") || !strings.Contains(out, "slices: 3 (job issue-last-activity)") || strings.Contains(out, "watermark") {
+		t.Fatalf("plan: exit %d, want the job's size and its dry run, no watermark:\n%s", code, out)
+	}
 	code, out = cli(t, "run", "--job", "issue-last-activity", "--no-progress", "--log-format", "json", "--progress-interval", "10ms", "--database-url", url)
 	if code != 0 || !strings.Contains(out, `"job":"issue-last-activity"`) {
 		t.Fatalf("run: exit %d, want progress records naming the job:\n%s", code, out)

@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/metrics"
 	"github.com/shardfill/shardfill/shard"
 )
@@ -93,9 +98,13 @@ against one database at once: they share the run.`,
 			case cfg.PlanOnly:
 				printf(g.out, "run %d planned: %d slices, %d rows; `shardfill run` executes it\n",
 					res.Run.ID, res.Run.SlicesTotal, res.Run.RowsTotal)
+			case res.NothingToDo && !e.Watermarked():
+				printf(g.out, "run %d of job %s is already done; nothing to do. Use --new-run to run it again.\n", res.Run.ID, e.JobName())
 			case res.NothingToDo:
 				printf(g.out, "run %d is already done (watermark stamped %s); nothing to do. Use --new-run to backfill again.\n",
 					res.Run.ID, stampedAt(res.Run))
+			case res.Outcome.State == checkpoint.StateDone && !e.Watermarked():
+				printf(g.out, "run %d of job %s done\n", res.Run.ID, e.JobName())
 			case res.Outcome.Stamped && res.Outcome.Closed:
 				printf(g.out, "run %d done: watermark stamped at %s\n", res.Run.ID, res.Run.WatermarkTarget.UTC().Format(time.RFC3339))
 			case res.Outcome.Stamped:
@@ -163,10 +172,34 @@ func printPlan(cmd *cobra.Command, g *globals, cfg engine.Config) error {
 	if p.Resume != nil {
 		printf(w, "run would resume run %d (%s): %d of %d slices done, %d pending, %d failed\n",
 			p.Resume.ID, p.Resume.State, p.Counts.Done, p.Counts.Total, p.Counts.Pending, p.Counts.Failed)
-		printf(w, "watermark target: %s (run %d's, taken when it was planned)\n",
-			p.Resume.WatermarkTarget.UTC().Format(time.RFC3339), p.Resume.ID)
+		if e.Watermarked() {
+			printf(w, "watermark target: %s (run %d's, taken when it was planned)\n",
+				p.Resume.WatermarkTarget.UTC().Format(time.RFC3339), p.Resume.ID)
+		}
 		printf(w, "a new run (--new-run) would have:\n")
 	}
+	if !e.Watermarked() {
+		printf(w, "slices: %d (job %s)\nestimated rows: %d\n", p.Slices, e.JobName(), p.Rows)
+	} else if err := printRollupPlan(cmd, pool, w, p); err != nil {
+		return err
+	}
+	if t := p.Summary; t != nil {
+		printf(w, "what a run would change (the job's dry run):\n")
+		printTable(w, t)
+	}
+	if len(p.Largest) > 0 {
+		printf(w, "largest slices:\n")
+		for _, s := range p.Largest {
+			printf(w, "  %s  %-10s  %d rows\n", s.Workspace, shard.Period(s.From, s.To), s.EstRows)
+		}
+	}
+	printf(w, "nothing was written\n")
+	return nil
+}
+
+// printRollupPlan prints the size of a rollup run and the watermark it
+// would stamp.
+func printRollupPlan(cmd *cobra.Command, pool *pgxpool.Pool, w io.Writer, p *engine.Plan) error {
 	rng := "all history"
 	if p.RangeFrom != nil {
 		rng = "from " + p.RangeFrom.UTC().Format("2006-01-02")
@@ -182,14 +215,17 @@ func printPlan(cmd *cobra.Command, g *globals, cfg engine.Config) error {
 		label = "its watermark target"
 	}
 	printf(w, "%s: %s (the database's now() - 5 minutes, taken when the run is planned)\n", label, target.UTC().Format(time.RFC3339))
-	if len(p.Largest) > 0 {
-		printf(w, "largest slices:\n")
-		for _, s := range p.Largest {
-			printf(w, "  %s  %-10s  %d rows\n", s.Workspace, shard.Period(s.From, s.To), s.EstRows)
-		}
-	}
-	printf(w, "nothing was written\n")
 	return nil
+}
+
+// printTable prints a job's query result as aligned columns.
+func printTable(w io.Writer, t *job.Table) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  "+strings.Join(t.Columns, "\t"))
+	for _, r := range t.Rows {
+		fmt.Fprintln(tw, "  "+strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
 }
 
 // stampedAt renders when a run stamped the watermark.

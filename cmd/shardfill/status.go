@@ -80,7 +80,7 @@ func etaText(st *checkpoint.Status) (eta string, ok bool) {
 func printStatus(g *globals, st *checkpoint.Status) {
 	w := g.out
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-	printf(w, "run %d: %s (planned %s)\n", st.RunID, st.State, ts(st.PlannedAt))
+	printf(w, "run %d of job %s: %s (planned %s)\n", st.RunID, st.Job, st.State, ts(st.PlannedAt))
 	if st.Paused {
 		by, at := "?", "?"
 		if st.PausedBy != nil {
@@ -142,13 +142,16 @@ func printStatus(g *globals, st *checkpoint.Status) {
 			printf(w, "working: %s\n", o)
 		}
 	}
-	if st.WatermarkAt != nil {
+	switch {
+	case st.Job != checkpoint.DefaultJob:
+		// A job file's run has no watermark.
+	case st.WatermarkAt != nil:
 		stamped := "?"
 		if st.StampedAt != nil {
 			stamped = ts(*st.StampedAt)
 		}
 		printf(w, "watermark: watermark_at = %s, stamped at %s\n", ts(*st.WatermarkAt), stamped)
-	} else {
+	default:
 		printf(w, "watermark: not stamped yet (watermark_at will be %s)\n", ts(st.WatermarkTarget))
 	}
 	if st.LastError != nil {
