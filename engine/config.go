@@ -191,7 +191,7 @@ func (c Config) WithDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.Health.HoldOnVacuum && len(c.Health.Tables) == 0 {
+	if c.Health.Enabled(throttle.Vacuum) && len(c.Health.Tables) == 0 {
 		c.Health.Tables = append([]string(nil), throttle.DefaultTables...)
 	}
 	return c
@@ -280,7 +280,7 @@ func (c Config) healthInvalid() error {
 	if h.ApplicationName == "" {
 		h.ApplicationName = throttle.DefaultApplicationName
 	}
-	if h.HoldOnVacuum && len(h.Tables) == 0 {
+	if h.Enabled(throttle.Vacuum) && len(h.Tables) == 0 {
 		h.Tables = throttle.DefaultTables
 	}
 	return h.Validate()

@@ -156,7 +156,7 @@ func TestBlockedSessionBacksOff(t *testing.T) {
 // Health is not the CLI's defaults. DefaultConfig carries them.
 func TestHealthZeroIsOff(t *testing.T) {
 	t.Parallel()
-	if d := engine.DefaultConfig().Health; d.MaxReplicaLag != throttle.DefaultMaxReplicaLag || !d.HoldOnVacuum ||
+	if d := engine.DefaultConfig().Health; d.MaxReplicaLag != throttle.DefaultMaxReplicaLag || d.HoldOnVacuum != throttle.VacuumWraparound ||
 		d.MaxSlotWAL != throttle.DefaultMaxSlotWAL || d.MaxBlocked != throttle.DefaultMaxBlocked {
 		t.Fatalf("DefaultConfig().Health = %+v, want throttle.DefaultConfig()", d)
 	}

@@ -15,13 +15,44 @@ const (
 	DefaultMaxReplicaLag        = 30 * time.Second
 	DefaultMaxSlotWAL           = 10 << 30 // 10GB
 	DefaultMaxArchiveBacklog    = 42       // segments
-	DefaultHoldOnVacuum         = true
+	DefaultHoldOnVacuum         = VacuumWraparound
 	DefaultMaxBlocked           = 5 * time.Second
 	DefaultPollInterval         = 2 * time.Second
 	DefaultThrottleQueryTimeout = time.Second
 	DefaultApplicationName      = "shardfill"
 	DefaultHoldAfterRed         = time.Minute
 )
+
+// VacuumHold says which vacuums of [Config.Tables] hold the run.
+type VacuumHold string
+
+const (
+	// VacuumOff: no vacuum holds.
+	VacuumOff VacuumHold = "off"
+	// VacuumWraparound: an autovacuum that runs to prevent transaction ID
+	// wraparound holds, and no other. That vacuum must not be starved; an
+	// ordinary one (which a long backfill's own writes start) is better
+	// finished with the run still working, and holding for it held runs
+	// for seconds at a time for nothing.
+	VacuumWraparound VacuumHold = "wraparound"
+	// VacuumAll: every VACUUM and autovacuum holds.
+	VacuumAll VacuumHold = "all"
+)
+
+// ParseVacuumHold reads a --hold-on-vacuum value: off, wraparound or
+// all, and the booleans the flag took before it had modes (true is all,
+// false is off).
+func ParseVacuumHold(s string) (VacuumHold, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "off", "false":
+		return VacuumOff, nil
+	case "wraparound":
+		return VacuumWraparound, nil
+	case "all", "true":
+		return VacuumAll, nil
+	}
+	return "", fmt.Errorf("want off, wraparound or all, got %q", s)
+}
 
 // DefaultTables are the tables shardfill writes, whose vacuum holds it.
 var DefaultTables = []string{"task_usage_hourly"}
@@ -44,9 +75,10 @@ type Config struct {
 	// for the archiver (.ready files); hold above twice it. 0 = off.
 	// Default DefaultMaxArchiveBacklog.
 	MaxArchiveBacklog int
-	// HoldOnVacuum holds while a VACUUM or autovacuum runs on one of
-	// Tables. Default DefaultHoldOnVacuum.
-	HoldOnVacuum bool
+	// HoldOnVacuum says which vacuums of Tables hold while they run: an
+	// anti-wraparound autovacuum only, every vacuum, or none ("" is
+	// none). Default DefaultHoldOnVacuum.
+	HoldOnVacuum VacuumHold
 	// MaxBlocked turns red when a backend other than shardfill's has
 	// waited longer than this on a lock one of shardfill's backends holds;
 	// hold above twice it. 0 = off. Default DefaultMaxBlocked.
@@ -110,7 +142,9 @@ func (c Config) Validate() error {
 		return errors.New("hold after red must not be negative")
 	case c.MaxBlocked > 0 && c.ApplicationName == "":
 		return errors.New("max blocked needs the application_name of shardfill's backends")
-	case c.HoldOnVacuum && len(c.Tables) == 0:
+	case c.HoldOnVacuum != "" && c.HoldOnVacuum != VacuumOff && c.HoldOnVacuum != VacuumWraparound && c.HoldOnVacuum != VacuumAll:
+		return fmt.Errorf("hold on vacuum must be off, wraparound or all, got %q", c.HoldOnVacuum)
+	case c.Enabled(Vacuum) && len(c.Tables) == 0:
 		return errors.New("hold on vacuum needs the tables shardfill writes")
 	}
 	return nil
@@ -140,7 +174,7 @@ func (c Config) Enabled(s Signal) bool {
 	case ArchiveBacklog:
 		return c.MaxArchiveBacklog > 0
 	case Vacuum:
-		return c.HoldOnVacuum
+		return c.HoldOnVacuum == VacuumWraparound || c.HoldOnVacuum == VacuumAll
 	case Blocked:
 		return c.MaxBlocked > 0
 	case ThrottleQuery:

@@ -38,10 +38,13 @@
 //     archiver keeps a handful; dozens mean archive_command fails or
 //     cannot keep up, and point-in-time recovery falls behind. Green when
 //     archive_mode is off.
-//   - [Vacuum] (--hold-on-vacuum, on): a VACUUM or autovacuum of one of
-//     [Config.Tables] (the rollup) in pg_stat_progress_vacuum holds until
-//     it ends, so an anti-wraparound vacuum is never starved by our
-//     writes. Vacuums of the raw tables shardfill only reads do not hold.
+//   - [Vacuum] (--hold-on-vacuum, [VacuumWraparound]): an autovacuum to
+//     prevent wraparound of one of [Config.Tables] (the tables the job
+//     writes) in pg_stat_progress_vacuum holds until it ends, so it is
+//     never starved by our writes; with [VacuumAll] every VACUUM and
+//     autovacuum of them does. Ordinary vacuums (a long backfill's own
+//     inserts start them) are better finished beside the run. Vacuums of
+//     the tables shardfill only reads do not hold.
 //     VACUUM FULL (pg_stat_progress_cluster) takes an exclusive lock that
 //     stops the writes anyway.
 //   - [Blocked] (--max-blocked, [DefaultMaxBlocked] 5 s): a backend that

@@ -274,8 +274,8 @@ func (m *Monitor) readVacuum(ctx context.Context, q Querier) Reading {
 	for rows.Next() {
 		var pid int32
 		var rel, phase, role string
-		var hidden, privileged bool
-		if err := rows.Scan(&pid, &rel, &phase, &hidden, &privileged, &role); err != nil {
+		var hidden, privileged, wraparound bool
+		if err := rows.Scan(&pid, &rel, &phase, &hidden, &privileged, &role, &wraparound); err != nil {
 			rows.Close()
 			return unreadable(r, "pg_stat_progress_vacuum: "+err.Error())
 		}
@@ -286,8 +286,15 @@ func (m *Monitor) readVacuum(ctx context.Context, q Querier) Reading {
 			}
 			continue // the relation is gone (dropped mid-vacuum)
 		}
+		if !wraparound && m.cfg.HoldOnVacuum != VacuumAll {
+			continue // an ordinary vacuum, better finished with the run working
+		}
 		r.Value++
-		issues = append(issues, issue{Hold, fmt.Sprintf("VACUUM of %s in progress (pid %d, %s): writing nothing until it ends", rel, pid, phase)})
+		what := "VACUUM"
+		if wraparound {
+			what = "autovacuum to prevent wraparound"
+		}
+		issues = append(issues, issue{Hold, fmt.Sprintf("%s of %s in progress (pid %d, %s): writing nothing until it ends", what, rel, pid, phase)})
 	}
 	if err := rows.Err(); err != nil {
 		return unreadable(r, "pg_stat_progress_vacuum: "+err.Error())

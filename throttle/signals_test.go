@@ -101,7 +101,7 @@ func TestVacuumHolds(t *testing.T) {
 	exec(t, c, `INSERT INTO other SELECT generate_series(1, 20000)`)
 	exec(t, c, `DELETE FROM other`)
 
-	m := monitor(t, throttle.Config{HoldOnVacuum: true, Tables: throttle.DefaultTables})
+	m := monitor(t, throttle.Config{HoldOnVacuum: throttle.VacuumAll, Tables: throttle.DefaultTables})
 	requireState(t, poll(t, m, c), throttle.Green)
 
 	// slowVacuum vacuums table at the slowest cost-based pace, on its own
@@ -386,5 +386,61 @@ func TestUnprivilegedRoleFailsClosed(t *testing.T) {
 	}
 	if d := m.LastPollDuration(); d <= 0 || d > 5*time.Second {
 		t.Fatalf("LastPollDuration = %v", d)
+	}
+}
+
+// By default only an autovacuum that runs to prevent wraparound holds:
+// an ordinary autovacuum of a table shardfill writes (the kind a long
+// backfill's own inserts start) does not, unless every vacuum is asked
+// to hold (--hold-on-vacuum=all). Both are real autovacuums, slowed to a
+// crawl by their tables' cost settings: one started by inserts, one by a
+// table whose transaction ID age passed its tiny freeze maximum.
+func TestVacuumHoldsForWraparoundByDefault(t *testing.T) {
+	t.Parallel()
+	srv := pgtest.PrivateServerWith(t, pgserver.Options{Settings: map[string]string{"autovacuum_naptime": "1s"}})
+	c := testenv.Conn(t, srv.AdminURL())
+	slow := `autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1`
+	// wrapped: no autovacuum but the one to prevent wraparound, which runs
+	// whatever autovacuum_enabled says once the table's age passes
+	// autovacuum_freeze_max_age (100 000, the least it may be).
+	exec(t, c, `CREATE TABLE wrapped (x int, pad text) WITH (autovacuum_enabled = false, autovacuum_freeze_max_age = 100000, `+slow+`)`)
+	exec(t, c, `INSERT INTO wrapped SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g`)
+	exec(t, c, `CREATE TABLE inserted (x int, pad text) WITH (autovacuum_vacuum_insert_threshold = 100, `+slow+`)`)
+
+	tables := []string{"wrapped", "inserted"}
+	byDefault := monitor(t, throttle.Config{HoldOnVacuum: throttle.DefaultHoldOnVacuum, Tables: tables})
+	all := monitor(t, throttle.Config{HoldOnVacuum: throttle.VacuumAll, Tables: tables})
+	autovacuumOf := func(table string) string {
+		t.Helper()
+		var query string
+		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			err := c.QueryRow(context.Background(), `SELECT a.query FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a USING (pid)
+				WHERE v.relid = $1::regclass AND a.backend_type = 'autovacuum worker'`, table).Scan(&query)
+			if err == nil {
+				return query
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no autovacuum of %s started", table)
+			}
+		}
+	}
+
+	exec(t, c, `INSERT INTO inserted SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g`)
+	if q := autovacuumOf("inserted"); strings.Contains(q, "wraparound") {
+		t.Fatalf("the insert-driven autovacuum is %q", q)
+	}
+	requireState(t, poll(t, byDefault, c), throttle.Green)
+	if r := poll(t, all, c); r.State != throttle.Hold || !strings.Contains(r.Reason, "VACUUM of inserted") {
+		t.Fatalf("--hold-on-vacuum=all during an ordinary autovacuum: %+v, want hold", r)
+	}
+
+	// Age wrapped past its freeze maximum: a transaction ID per commit.
+	exec(t, c, `DO $$ BEGIN FOR i IN 1..110000 LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$`)
+	if q := autovacuumOf("wrapped"); !strings.Contains(q, "(to prevent wraparound)") {
+		t.Fatalf("the autovacuum of wrapped is %q, want one to prevent wraparound", q)
+	}
+	hold := poll(t, byDefault, c)
+	if hold.State != throttle.Hold || !strings.Contains(hold.Reason, "autovacuum to prevent wraparound of wrapped") || hold.Value != 1 {
+		t.Fatalf("by default, during an anti-wraparound autovacuum: %+v, want a hold naming it (and not the ordinary one)", hold)
 	}
 }

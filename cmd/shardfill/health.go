@@ -28,8 +28,9 @@ func addHealthFlags(fs *pflag.FlagSet, cfg *engine.Config) *healthFlags {
 		"slow down when a replication slot retains more WAL than this (10GB, 512MB); hold above twice it (0 = off)")
 	fs.IntVar(&cfg.Health.MaxArchiveBacklog, "max-archive-backlog", cfg.Health.MaxArchiveBacklog,
 		"slow down when more WAL segments than this wait for the archiver; hold above twice it (0 = off)")
-	fs.BoolVar(&cfg.Health.HoldOnVacuum, "hold-on-vacuum", cfg.Health.HoldOnVacuum,
-		"hold while a VACUUM or autovacuum of the rollup runs (--hold-on-vacuum=false: off)")
+	fs.Var((*vacuumFlag)(&cfg.Health.HoldOnVacuum), "hold-on-vacuum",
+		"which vacuums of the tables the job writes hold the run while they run: wraparound (an autovacuum to prevent wraparound), all (every VACUUM and autovacuum; --hold-on-vacuum alone) or off")
+	fs.Lookup("hold-on-vacuum").NoOptDefVal = string(throttle.VacuumAll)
 	fs.DurationVar(&cfg.Health.MaxBlocked, "max-blocked", cfg.Health.MaxBlocked,
 		"slow down when another session has waited longer than this on a lock of shardfill's; hold above twice it (0 = off)")
 	fs.StringVar(&cfg.Health.ThrottleQuery, "throttle-query", cfg.Health.ThrottleQuery,
@@ -73,4 +74,18 @@ func defaultApplicationName(cfg *pgx.ConnConfig) {
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = throttle.DefaultApplicationName
 	}
+}
+
+// vacuumFlag is --hold-on-vacuum: a mode, which also takes the booleans
+// the flag took before it had modes.
+type vacuumFlag throttle.VacuumHold
+
+func (f *vacuumFlag) String() string { return string(*f) }
+func (f *vacuumFlag) Type() string   { return "mode" }
+func (f *vacuumFlag) Set(s string) error {
+	v, err := throttle.ParseVacuumHold(s)
+	if err == nil {
+		*f = vacuumFlag(v)
+	}
+	return err
 }
