@@ -157,6 +157,7 @@ func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p := newProgress(g.errOut, g.log, true, time.Second, nil)
+	p.lines = g.logLines
 	cfg.OnEvent = func(ev engine.Event) {
 		p.event(ev)
 		if stopAt > 0 && p.fraction() >= stopAt {

@@ -33,6 +33,7 @@ const warmup = 3 * time.Second
 // itself since it started working: rows done before it joined are not its.
 type progress struct {
 	w        io.Writer
+	lines    *logLines // the log's writer, told about the bar (nil: none)
 	log      *slog.Logger
 	bar      bool // draw a bar when w is a terminal
 	interval time.Duration
@@ -93,6 +94,9 @@ func (p *progress) event(ev engine.Event) {
 				progressbar.OptionClearOnFinish(),
 			)
 			_ = p.pb.Set64(p.doneRows)
+			if p.lines != nil {
+				p.lines.drawing(true)
+			}
 		}
 	case engine.PiecePlanned:
 		// Planning goes on beside the work: the totals grow with it.
@@ -156,6 +160,9 @@ func (p *progress) start(ctx context.Context, store *checkpoint.Store) (stop fun
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.pb != nil {
+			if p.lines != nil {
+				p.lines.drawing(false)
+			}
 			_ = p.pb.Exit()
 			fmt.Fprintln(p.w)
 		}

@@ -45,10 +45,11 @@ type globals struct {
 	out, errOut *redactor
 	log         *slog.Logger
 	job         jobFlags
+	logLines    *logLines // where g.log writes: errOut, kept clear of the progress bar
 }
 
 func newRootCmd(out, errOut *redactor) *cobra.Command {
-	g := &globals{out: out, errOut: errOut}
+	g := &globals{out: out, errOut: errOut, logLines: &logLines{w: errOut}}
 	root := &cobra.Command{
 		Use:   "shardfill",
 		Short: "Parallel, resumable backfill of task_usage_hourly",
@@ -113,9 +114,10 @@ func (g *globals) setup() error {
 	opts := &slog.HandlerOptions{Level: level}
 	switch g.logFormat {
 	case "text":
-		g.log = slog.New(slog.NewTextHandler(g.errOut, opts))
+		opts.ReplaceAttr = omitNil
+		g.log = slog.New(slog.NewTextHandler(g.logLines, opts))
 	case "json":
-		g.log = slog.New(slog.NewJSONHandler(g.errOut, opts))
+		g.log = slog.New(slog.NewJSONHandler(g.logLines, opts))
 	default:
 		return usageError{fmt.Errorf("--log-format must be text or json, got %q", g.logFormat)}
 	}

@@ -63,6 +63,7 @@ against one database at once: they share the run.`,
 				m = metrics.New()
 			}
 			p := newProgress(g.errOut, g.log, !noProgress, progressInterval, m)
+			p.lines = g.logLines
 			cfg.OnEvent = p.event
 			e, pool, err := g.newEngine(ctx, cfg)
 			if err != nil {
