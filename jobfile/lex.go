@@ -31,6 +31,27 @@ type lexError struct {
 
 func (e *lexError) Error() string { return e.msg }
 
+// closeQuote finds the end of the quoted text that opens with q at
+// s[i]: the index after its closing quote, a doubled quote standing for
+// itself (and, with backslash, a backslash escaping the next byte).
+// closed is false when s ends first.
+func closeQuote(s string, i int, q byte, backslash bool) (end int, closed bool) {
+	j := i + 1
+	for j < len(s) {
+		switch {
+		case backslash && s[j] == '\\':
+			j += 2
+		case s[j] != q:
+			j++
+		case j+1 < len(s) && s[j+1] == q:
+			j += 2
+		default:
+			return j + 1, true
+		}
+	}
+	return j, false
+}
+
 func isIdentStart(c byte) bool {
 	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
 }
@@ -88,24 +109,7 @@ func lex(s string) ([]span, error) {
 			// E'...' (and e'...') strings take backslash escapes; the E
 			// itself must start a token.
 			backslash := i >= 1 && (s[i-1] == 'e' || s[i-1] == 'E') && (i < 2 || !isIdentChar(s[i-2]))
-			j := i + 1
-			closed := false
-			for j < len(s) {
-				if backslash && s[j] == '\\' {
-					j += 2
-					continue
-				}
-				if s[j] == '\'' {
-					if j+1 < len(s) && s[j+1] == '\'' {
-						j += 2
-						continue
-					}
-					j++
-					closed = true
-					break
-				}
-				j++
-			}
+			j, closed := closeQuote(s, i, '\'', backslash)
 			if !closed {
 				return nil, &lexError{i, "unterminated string literal"}
 			}
@@ -113,20 +117,7 @@ func lex(s string) ([]span, error) {
 			i, codeStart = j, j
 		case c == '"':
 			flush(i)
-			j := i + 1
-			closed := false
-			for j < len(s) {
-				if s[j] == '"' {
-					if j+1 < len(s) && s[j+1] == '"' {
-						j += 2
-						continue
-					}
-					j++
-					closed = true
-					break
-				}
-				j++
-			}
+			j, closed := closeQuote(s, i, '"', false)
 			if !closed {
 				return nil, &lexError{i, "unterminated quoted identifier"}
 			}
