@@ -264,13 +264,21 @@ func (c Config) Validate() error {
 	case c.PlanTimeout < 0 || c.PlanTimeout > CeilingTimeout:
 		return bad("PlanTimeout", "must be from 0 (none) to "+CeilingTimeout.String(), c.PlanTimeout)
 	case c.healthInvalid() != nil:
-		return &ConfigError{Msg: "{Health}: " + c.healthInvalid().Error()}
+		return &ConfigError{Msg: healthMsg(c.healthInvalid())}
 	case c.Force && !c.NewRun:
 		return &ConfigError{Msg: "{Force} only makes sense with {NewRun}"}
 	case c.ForcePartial && c.MonthsBack == 0:
 		return &ConfigError{Msg: "{ForcePartial} only makes sense with {MonthsBack}"}
 	}
 	return nil
+}
+
+// healthMsg phrases an invalid health setting. The health settings have
+// no one flag (each signal has its own, checked by the CLI before a Config
+// is built), so the message names them as Config.Health does rather than
+// as a {Field}, which would render as a flag that does not exist.
+func healthMsg(err error) string {
+	return "the health throttle's settings (Config.Health): " + err.Error()
 }
 
 // healthInvalid checks Health; an empty ApplicationName is filled from

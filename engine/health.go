@@ -69,7 +69,7 @@ func (e *Engine) healthPreflight(ctx context.Context) (*throttle.Monitor, error)
 	}
 	mon, err := throttle.NewMonitor(cfg)
 	if err != nil {
-		return nil, &ConfigError{"{Health}: " + err.Error()}
+		return nil, &ConfigError{healthMsg(err)}
 	}
 	warned, err := mon.Preflight(ctx, e.db, e.cfg.HealthExplicit)
 	var unreadable *throttle.UnreadableError

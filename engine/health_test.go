@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -169,5 +170,21 @@ func TestHealthZeroIsOff(t *testing.T) {
 	}}))
 	if n := polled.Load(); n != 0 {
 		t.Fatalf("%d health polls with every signal off", n)
+	}
+}
+
+// An invalid health setting is refused as a configuration error that
+// names no flag that does not exist (there is no --health).
+func TestInvalidHealthNamesNoFakeFlag(t *testing.T) {
+	t.Parallel()
+	cfg := engine.DefaultConfig()
+	cfg.Health.HoldOnVacuum = "sometimes"
+	_, err := engine.New(nil, "shardfill", new(job.Hourly), &cfg)
+	var ce *engine.ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("New: %v, want a ConfigError", err)
+	}
+	if msg := ce.Render(func(f string) string { return "--" + strings.ToLower(f) }); strings.Contains(msg, "--health") || !strings.Contains(msg, "sometimes") {
+		t.Fatalf("rendered %q", msg)
 	}
 }
