@@ -185,63 +185,129 @@ func (e *StaleRunError) Error() string {
 }
 
 // Run plans or resumes the backfill and works until every slice is done, a
-// slice fails permanently, or ctx is cancelled (ErrInterrupted).
+// slice fails permanently, or ctx is cancelled (ErrInterrupted). It goes
+// through its phases in turn: checks that write nothing, joining the run's
+// work under the job's lock, starting (or resuming) the run, working, and
+// concluding it.
 func (e *Engine) Run(ctx context.Context) (*Result, error) {
-	log := e.cfg.Logger
-	if err := e.requireWritable(ctx, "a run (or planning one, {PlanOnly}), which writes the rollup and its checkpoint tables,"); err != nil {
-		return nil, err
-	}
-	if err := e.Preflight(ctx, true); err != nil {
-		return nil, err
-	}
-	var mon *throttle.Monitor
-	if !e.cfg.PlanOnly {
-		var err error
-		if mon, err = e.healthPreflight(ctx); err != nil {
-			return nil, err
-		}
-	}
-	rangeFrom, err := e.rangeFrom(ctx)
+	pre, err := e.prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
-
-	parent := ctx
-	lock, err := acquireLock(ctx, e.db, e.job.Lock(), e.store.Join, e.cfg.Logger)
+	s, err := e.join(ctx)
 	if err != nil {
 		return nil, interrupted(ctx, err)
 	}
-	defer lock.Close()
-	// The lock is watched from here on, planning included: should its
-	// connection die, everything after stops (ErrLockLost); should a
-	// session want it exclusively, it is yielded. The watcher must be gone
-	// before the lock connection closes (deferred calls run last first).
-	var runID atomic.Int64 // claims to re-point after a yield: none before the run is known
-	ctx, lost := context.WithCancelCause(ctx)
-	defer lost(nil)
-	defer lock.watching(ctx, lost, parent, func(rctx context.Context, pid int) error {
-		if id := runID.Load(); id != 0 {
+	defer s.leave()
+	res, err := e.start(s, pre)
+	switch {
+	case err != nil || res.NothingToDo:
+		return res, err
+	case e.cfg.PlanOnly:
+		return res, s.stopped(e.planOnly(s.ctx, res))
+	}
+	ctl, err := e.steer(s, pre.health, res.Run.ID)
+	defer ctl.exit(s.ctx) // after the run is concluded: this process is live until then
+	if err != nil {
+		return res, err
+	}
+	if err := e.workOn(s, ctl, res); err != nil {
+		return res, err
+	}
+	defer e.refresh(s.ctx, res)
+	return res, s.stopped(e.conclude(s, res))
+}
+
+// prepared is what the checks before a run found.
+type prepared struct {
+	health    *throttle.Monitor // nil: no health signal on (or planning only)
+	rangeFrom *time.Time        // the run's lower time bound, nil = all history
+}
+
+// prepare checks, writing nothing and holding no lock, that the run can
+// go ahead: the server takes writes, the job's statements and privileges
+// check out, the health signals the operator asked for can be read, and
+// the range asked for leaves no history out unless forced.
+func (e *Engine) prepare(ctx context.Context) (prepared, error) {
+	var pre prepared
+	if err := e.requireWritable(ctx, "a run (or planning one, {PlanOnly}), which writes the rollup and its checkpoint tables,"); err != nil {
+		return pre, err
+	}
+	if err := e.Preflight(ctx, true); err != nil {
+		return pre, err
+	}
+	var err error
+	if !e.cfg.PlanOnly {
+		if pre.health, err = e.healthPreflight(ctx); err != nil {
+			return pre, err
+		}
+	}
+	pre.rangeFrom, err = e.rangeFrom(ctx)
+	return pre, err
+}
+
+// session is this process's part in a run's work: the job's lock, held on
+// a connection of its own and watched from the moment it is taken,
+// planning included. Should the lock's connection die, ctx ends with
+// ErrLockLost; should a session want the lock exclusively, it is yielded
+// (and the run's claims re-pointed to the new connection).
+type session struct {
+	lock   *cronLock
+	parent context.Context // the caller's
+	ctx    context.Context // parent, ended too should the lock be lost
+	runID  atomic.Int64    // the run whose claims a yield re-points; 0 before it is known
+	lost   context.CancelCauseFunc
+	watch  func() // stops the watcher and waits for it
+}
+
+// join takes the job's lock (and the schema's membership with it) and
+// starts watching it.
+func (e *Engine) join(ctx context.Context) (*session, error) {
+	lock, err := acquireLock(ctx, e.db, e.job.Lock(), e.store.Join, e.cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{lock: lock, parent: ctx}
+	s.ctx, s.lost = context.WithCancelCause(ctx)
+	s.watch = lock.watching(s.ctx, s.lost, ctx, func(rctx context.Context, pid int) error {
+		if id := s.runID.Load(); id != 0 {
 			return e.store.Repoint(rctx, id, e.cfg.Owner, pid)
 		}
 		return nil
-	})()
-	interrupted := func(ctx context.Context, err error) error { return stopped(parent, ctx, err) }
+	})
+	return s, nil
+}
 
+// leave ends the session. The order is the invariant: the watcher must be
+// gone before the lock's connection closes.
+func (s *session) leave() {
+	s.watch()
+	s.lost(nil)
+	s.lock.Close()
+}
+
+// stopped maps an error of a step under the session (see stopped).
+func (s *session) stopped(err error) error { return stopped(s.parent, s.ctx, err) }
+
+// start migrates the checkpoint tables, makes sure no other backfill
+// writes what this job writes, and plans a run or resumes the latest.
+func (e *Engine) start(s *session, pre prepared) (*Result, error) {
+	ctx, log := s.ctx, e.cfg.Logger
 	var untrusted *checkpoint.UntrustedError
 	if err := e.store.Migrate(ctx); errors.As(err, &untrusted) {
 		return nil, &ConfigError{fmt.Sprintf("refusing {Schema} %s: %s. Whoever controls them could make this role run "+
 			"their code (a trigger) with its privileges; use a schema this role owns, or hand this one over (ALTER SCHEMA … OWNER TO, ALTER TABLE … OWNER TO)",
 			untrusted.Schema, untrusted.Error())}
 	} else if err != nil {
-		return nil, interrupted(ctx, err)
+		return nil, s.stopped(err)
 	}
 	if err := e.alone(ctx); err != nil {
-		return nil, interrupted(ctx, err)
+		return nil, s.stopped(err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
 		Pieces: e.job.Pieces(e.cfg.PlanPieceRows), Params: paramsOf(e.job),
-		RangeFrom: rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows, Timeout: e.cfg.PlanTimeout,
-		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: lock.backend(),
+		RangeFrom: pre.rangeFrom, MaxSliceRows: e.cfg.MaxSliceRows, Timeout: e.cfg.PlanTimeout,
+		LogicVersion: e.job.Version(), NewRun: e.cfg.NewRun, Force: e.cfg.Force, Self: s.lock.backend(),
 	})
 	var busy *checkpoint.BusyError
 	if errors.As(err, &busy) {
@@ -249,9 +315,9 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 			"stop them first, or add {Force} to supersede it anyway (they stop within seconds)", busy.RunID, len(busy.PIDs), busy.PIDs)}
 	}
 	if err != nil {
-		return nil, interrupted(ctx, err)
+		return nil, s.stopped(err)
 	}
-	runID.Store(run.ID)
+	s.runID.Store(run.ID)
 	res := &Result{Run: run, Planned: planned}
 	if !planned && run.Finished() {
 		log.Info("latest run is already done; nothing to do", "run", run.ID)
@@ -262,7 +328,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		return nil, &StaleRunError{RunID: run.ID, Planned: run.LogicVersion, Have: e.job.Version()}
 	}
 	if res.Start, err = e.store.Counts(ctx, run.ID); err != nil {
-		return nil, interrupted(ctx, err)
+		return nil, s.stopped(err)
 	}
 	if planned {
 		log.Info("planned run", "run", run.ID, "slices", run.SlicesTotal, "rows", run.RowsTotal,
@@ -271,54 +337,71 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		log.Info("resuming run", "run", run.ID, "done", res.Start.Done, "of", res.Start.Total)
 		// Only a range the operator asked for is worth a warning: a resume
 		// with no range given simply keeps the planned one.
-		if (e.cfg.MonthsBack != 0 || e.cfg.MonthsBackGiven) && !sameBound(run.RangeFrom, rangeFrom) {
+		if (e.cfg.MonthsBack != 0 || e.cfg.MonthsBackGiven) && !sameBound(run.RangeFrom, pre.rangeFrom) {
 			log.Warn("resuming keeps the range the run was planned with; a range applies to a new run",
-				"run", run.ID, "planned_from", run.RangeFrom, "asked_from", rangeFrom)
+				"run", run.ID, "planned_from", run.RangeFrom, "asked_from", pre.rangeFrom)
 		}
 	}
 	if e.cfg.OnEvent != nil {
 		e.cfg.OnEvent(Event{Kind: RunStarted, Run: run, Counts: res.Start})
 	}
-	if e.cfg.PlanOnly {
-		if err := e.planAll(ctx, run.ID); err != nil {
-			return res, interrupted(ctx, err)
-		}
-		if planned {
-			err = e.store.SetState(ctx, run.ID, checkpoint.StatePlanned)
-		}
-		e.refresh(ctx, res)
-		return res, err
-	}
+	return res, nil
+}
 
-	// The control record is read before any worker starts, so a paused
-	// run claims nothing when joined.
-	ctl := e.newController(run.ID, lock)
-	if mon != nil {
-		ctl.health = e.newHealth(ctl, mon)
+// planOnly plans every piece of the run left and leaves it planned.
+func (e *Engine) planOnly(ctx context.Context, res *Result) error {
+	if err := e.planAll(ctx, res.Run.ID); err != nil {
+		return err
 	}
-	defer ctl.exit(ctx)
-	if err := ctl.poll(ctx); err != nil {
-		return res, interrupted(ctx, err)
+	var err error
+	if res.Planned {
+		err = e.store.SetState(ctx, res.Run.ID, checkpoint.StatePlanned)
+	}
+	e.refresh(ctx, res)
+	return err
+}
+
+// steer sets up the control of this process's part in the run and reads
+// the run's control record and health signals once, before any worker
+// starts, so a paused run, or one on a database in trouble, claims nothing
+// when joined.
+func (e *Engine) steer(s *session, health *throttle.Monitor, runID int64) (*controller, error) {
+	ctl := e.newController(runID, s.lock)
+	if health != nil {
+		ctl.health = e.newHealth(ctl, health)
+	}
+	if err := ctl.poll(s.ctx); err != nil {
+		return ctl, s.stopped(err)
 	}
 	if ctl.health != nil {
-		// The signals are read once before any worker starts, so a run
-		// that starts on a database in trouble claims nothing.
-		if err := ctl.health.poll(ctx); err != nil {
-			return res, interrupted(ctx, err)
+		if err := ctl.health.poll(s.ctx); err != nil {
+			return ctl, s.stopped(err)
 		}
 	}
-	if err := e.workWhilePlanning(ctx, lock, ctl, run, res); err != nil {
-		e.handBack(parent, run.ID, err)
-		return res, interrupted(ctx, err)
-	}
-	defer e.refresh(ctx, res)
+	return ctl, nil
+}
 
-	if res.Outcome, err = e.finish(ctx, lock, run); err != nil {
-		return res, interrupted(ctx, err)
+// workOn works until no slice is left for this process. Should the work
+// stop short, this process's claims are handed back.
+func (e *Engine) workOn(s *session, ctl *controller, res *Result) error {
+	if err := e.workWhilePlanning(s.ctx, s.lock, ctl, res.Run, res); err != nil {
+		e.handBack(s.parent, res.Run.ID, err)
+		return s.stopped(err)
+	}
+	return nil
+}
+
+// conclude closes the run once every slice is done (see finish) and says
+// how it ended.
+func (e *Engine) conclude(s *session, res *Result) error {
+	run, log := res.Run, e.cfg.Logger
+	var err error
+	if res.Outcome, err = e.finish(s.ctx, s.lock, run); err != nil {
+		return err
 	}
 	switch {
 	case res.Outcome.State == checkpoint.StateFailed:
-		return res, &FailedError{RunID: run.ID, Failed: res.Outcome.Counts.Failed}
+		return &FailedError{RunID: run.ID, Failed: res.Outcome.Counts.Failed}
 	case res.Outcome.State != checkpoint.StateDone:
 	case !e.Watermarked() && res.Outcome.Closed:
 		log.Info("run done; the job's finish ran", "run", run.ID, "job", e.job.Name())
@@ -333,7 +416,7 @@ func (e *Engine) Run(ctx context.Context) (*Result, error) {
 		log.Warn("run done but the job found nothing to stamp: watermark NOT stamped; "+
 			"insert the state row and set watermark_at yourself", "run", run.ID, "watermark_target", run.WatermarkTarget)
 	}
-	return res, nil
+	return nil
 }
 
 // workWhilePlanning runs the workers while this process's planner plans
