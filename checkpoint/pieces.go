@@ -87,22 +87,33 @@ func (k KeyRanges) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (
 	}
 	var seen int64
 	var bounds []string
+	var next *string // the least key above those read, when none of them could bound a range
 	err := tx.QueryRow(ctx, fmt.Sprintf(`
 		WITH keys AS (
 		    SELECT %[1]s AS k FROM %[2]s WHERE %[1]s IS NOT NULL AND %[3]s ORDER BY %[1]s LIMIT $%[5]d
 		), numbered AS (
 		    SELECT k, row_number() OVER (ORDER BY k) AS i FROM keys
+		), bounds AS (
+		    SELECT DISTINCT k AS b FROM numbered WHERE i > 1 AND i %% $%[4]d = 1 AND k > (SELECT min(k) FROM keys)
 		)
 		SELECT (SELECT count(*) FROM keys),
-		       ARRAY(SELECT b::text FROM (SELECT DISTINCT k AS b FROM numbered WHERE i > 1 AND i %% $%[4]d = 1) d ORDER BY b)`,
-		k.Column, k.Table, where, n+1, n+2), args...).Scan(&seen, &bounds)
+		       ARRAY(SELECT b::text FROM bounds ORDER BY b),
+		       CASE WHEN NOT EXISTS (SELECT FROM bounds) THEN
+		           (SELECT min(%[1]s)::text FROM %[2]s WHERE %[1]s > (SELECT max(k) FROM keys) AND %[6]s) END`,
+		k.Column, k.Table, where, n+1, n+2, whereAll(k)), args...).Scan(&seen, &bounds, &next)
 	if err != nil {
 		return false, fmt.Errorf("plan key ranges of %s.%s: %w", k.Table, k.Column, err)
 	}
-	if cursor != nil && len(bounds) > 0 && bounds[0] == *cursor {
-		bounds = bounds[1:] // a repeated key: the range would be empty
-	}
 	last := seen < ranges*k.Rows+1
+	if !last && len(bounds) == 0 {
+		// Every key read is one value (a key that repeats more often than
+		// a piece holds): the range ends at the next value, if any.
+		if next == nil {
+			last = true
+		} else {
+			bounds = []string{*next}
+		}
+	}
 	los := append([]*string{cursor}, ptrs(bounds)...)
 	his := append(ptrs(bounds), nil)
 	if !last {
@@ -131,11 +142,19 @@ func (k KeyRanges) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (
 	if err != nil {
 		return false, fmt.Errorf("store key ranges: %w", err)
 	}
-	var next *string
+	var cursorNext *string
 	if !last {
-		next = his[len(his)-1]
+		cursorNext = his[len(his)-1]
 	}
-	return last, s.piecePlanned(ctx, tx, runID, slices, rows, last, next)
+	return last, s.piecePlanned(ctx, tx, runID, slices, rows, last, cursorNext)
+}
+
+// whereAll is the ranges' filter for a query of its own (no cursor).
+func whereAll(k KeyRanges) string {
+	if k.Where == "" {
+		return "true"
+	}
+	return "(" + k.Where + ")"
 }
 
 func ptrs(ss []string) []*string {

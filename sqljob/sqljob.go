@@ -117,8 +117,10 @@ func (j *Job) splitType(ctx context.Context) error {
 	var typ *string
 	var notNull *bool
 	err := j.db.QueryRow(ctx, `
-		SELECT format_type(a.atttypid, NULL), a.attnotnull
-		FROM (SELECT to_regclass($1) AS rel) r LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attname = $2 AND NOT a.attisdropped`,
+		SELECT t.typname::text, a.attnotnull
+		FROM (SELECT to_regclass($1) AS rel) r
+		LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attname = $2 AND NOT a.attisdropped
+		LEFT JOIN pg_type t ON t.oid = a.atttypid`,
 		s.Table, s.Column).Scan(&typ, &notNull)
 	switch {
 	case err != nil:
@@ -128,11 +130,13 @@ func (j *Job) splitType(ctx context.Context) error {
 	case !*notNull:
 		return j.fileErr("", s.Line, "split %s.%s: the column may be NULL, and a NULL key lies in no slice; split on a NOT NULL column", s.Table, s.Column)
 	}
-	switch t := jobfile.Type(*typ); t {
-	case jobfile.Bigint, jobfile.UUID, jobfile.Timestamptz:
-		j.keyType = t
-	case "integer":
+	switch *typ { // pg_type's names
+	case "int8", "int4", "int2":
 		j.keyType = jobfile.Bigint
+	case "uuid":
+		j.keyType = jobfile.UUID
+	case "timestamptz":
+		j.keyType = jobfile.Timestamptz
 	default:
 		return j.fileErr("", s.Line, "split %s.%s: the column is %s; a key column is bigint, integer, uuid or timestamptz", s.Table, s.Column, *typ)
 	}
