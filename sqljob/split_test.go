@@ -20,7 +20,7 @@ func TestKeyRangesCoverRepeatedAndSparseKeys(t *testing.T) {
 		name, create string
 	}{
 		{"repeated timestamptz", `CREATE TABLE event (k timestamptz NOT NULL, done boolean NOT NULL DEFAULT false);
-			INSERT INTO event (k) SELECT timestamptz '2026-01-01' + (g % 3) * interval '1 hour' FROM generate_series(1, 6000) g`},
+			INSERT INTO event (k) SELECT timestamptz '2026-01-01' + (g % 3) * interval '1 hour' FROM generate_series(1, 30000) g`},
 		{"sparse bigint", `CREATE TABLE event (k bigint NOT NULL, done boolean NOT NULL DEFAULT false);
 			INSERT INTO event (k) SELECT (g * g) - 50000 FROM generate_series(1, 3000) g;
 			INSERT INTO event (k) SELECT 7 FROM generate_series(1, 2000) g`},
