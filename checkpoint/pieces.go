@@ -94,12 +94,13 @@ func (k KeyRanges) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (
 		), numbered AS (
 		    SELECT k, row_number() OVER (ORDER BY k) AS i FROM keys
 		), bounds AS (
-		    SELECT DISTINCT k AS b FROM numbered WHERE i > 1 AND i %% $%[4]d = 1 AND k > (SELECT min(k) FROM keys)
+		    SELECT DISTINCT k AS b FROM numbered WHERE i > 1 AND i %% $%[4]d = 1 AND k > (SELECT k FROM numbered WHERE i = 1)
 		)
 		SELECT (SELECT count(*) FROM keys),
 		       ARRAY(SELECT b::text FROM bounds ORDER BY b),
 		       CASE WHEN NOT EXISTS (SELECT FROM bounds) THEN
-		           (SELECT min(%[1]s)::text FROM %[2]s WHERE %[1]s > (SELECT max(k) FROM keys) AND %[6]s) END`,
+		           (SELECT %[1]s::text FROM %[2]s WHERE %[1]s > (SELECT k FROM keys ORDER BY k DESC LIMIT 1) AND %[6]s
+		            ORDER BY %[1]s LIMIT 1) END`,
 		k.Column, k.Table, where, n+1, n+2, whereAll(k)), args...).Scan(&seen, &bounds, &next)
 	if err != nil {
 		return false, fmt.Errorf("plan key ranges of %s.%s: %w", k.Table, k.Column, err)
