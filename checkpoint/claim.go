@@ -19,6 +19,8 @@ var (
 	claimAbandonedSQL string
 	//go:embed claim_set.sql
 	claimSetSQL string
+	//go:embed claim_smallest.sql
+	claimSmallestSQL string
 )
 
 // Claimant is who claims slices: a process, named in the slice rows, and
@@ -32,6 +34,10 @@ type Claimant struct {
 type BatchLimits struct {
 	Rows   int64 // estimated raw rows; a single larger slice is still taken alone
 	Slices int
+	// Smallest takes one slice, the pending one with the largest id (the
+	// smallest of the newest piece planned): a worker's first claim, so
+	// the run's first commit comes quickly at any size.
+	Smallest bool
 }
 
 // Claim takes a batch for c, or returns nil when there is nothing to take.
@@ -42,8 +48,14 @@ type BatchLimits struct {
 // gone: lease expired, or its lock connection neither holds the cron lock
 // nor waits for it (a process that yields the lock waits for it).
 func (s *Store) Claim(ctx context.Context, runID int64, c Claimant, limits BatchLimits, lease time.Duration) (*shard.Batch, error) {
-	pending := claimPendingSQL + claimSetSQL
-	got, cost, err := s.claim(ctx, pending, limits.Slices <= 1, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	var got []shard.Slice
+	var cost readCost
+	var err error
+	if limits.Smallest {
+		got, cost, err = s.claim(ctx, claimSmallestSQL+claimSetSQL, true, runID, c, lease)
+	} else {
+		got, cost, err = s.claim(ctx, claimPendingSQL+claimSetSQL, limits.Slices <= 1, runID, c, lease, limits.Rows, max(limits.Slices-1, 0))
+	}
 	if err == nil && len(got) == 0 {
 		abandoned := strings.Replace(claimAbandonedSQL, "/*owner_holds_cron_lock*/", s.lock.HeldOrAwaitedBy("_SCHEMA_.slice.owner_pid"), 1)
 		got, cost, err = s.claim(ctx, abandoned+claimSetSQL, true, runID, c, lease)

@@ -209,3 +209,42 @@ func TestStampIsFencedByTheCronLock(t *testing.T) {
 		t.Fatalf("finish with the cron lock: %+v, %v, %d stamps; want one stamp", out, err, stamps)
 	}
 }
+
+// A worker's first claim (Smallest) takes one slice, the smallest of the
+// piece planned: not the largest first, nor a batch of its window.
+func TestFirstClaimTakesTheSmallestSlice(t *testing.T) {
+	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	ctx := context.Background()
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var smallest, largest int64
+	if err := pool.QueryRow(ctx, `SELECT min(est_rows), max(est_rows) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&smallest, &largest); err != nil {
+		t.Fatal(err)
+	}
+	if smallest == largest {
+		t.Fatalf("every slice holds %d rows; the test needs slices of several sizes", smallest)
+	}
+	c := checkpoint.Claimant{Owner: "w", PID: pid}
+	b, err := store.Claim(ctx, run.ID, c, checkpoint.BatchLimits{Rows: 1 << 40, Slices: 100, Smallest: true}, time.Hour)
+	if err != nil || b == nil {
+		t.Fatalf("claim: %v %v", b, err)
+	}
+	if len(b.Slices) != 1 || b.Slices[0].EstRows != smallest {
+		t.Fatalf("the first claim took %d slices (first of %d rows); want the one smallest (%d rows)", len(b.Slices), b.Slices[0].EstRows, smallest)
+	}
+	b, err = store.Claim(ctx, run.ID, c, checkpoint.BatchLimits{Rows: 1 << 40, Slices: 100}, time.Hour)
+	if err != nil || b == nil {
+		t.Fatalf("the next claim: %v %v", b, err)
+	}
+	var most int64
+	for _, sl := range b.Slices {
+		most = max(most, sl.EstRows)
+	}
+	if most != largest {
+		t.Fatalf("the next claim's largest slice holds %d rows; want the run's largest (%d) first", most, largest)
+	}
+}

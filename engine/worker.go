@@ -89,6 +89,7 @@ const pollInterval = time.Second
 
 func (w *workers) loop(ctx context.Context) error {
 	failures := 0 // consecutive failed claims
+	first := true // this worker's first claim takes one small slice
 	for {
 		// The gate admits a worker to one claim and its batch: at most
 		// the concurrency in effect, none while the run is paused.
@@ -99,7 +100,7 @@ func (w *workers) loop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		more, err := w.turn(ctx, &failures)
+		more, err := w.turn(ctx, &failures, &first)
 		leave()
 		if err != nil || !more {
 			if err == nil {
@@ -112,7 +113,11 @@ func (w *workers) loop(ctx context.Context) error {
 
 // turn is one pass of a worker through the gate: a claim and its batch,
 // or a look for work elsewhere. It reports whether the worker goes on.
-func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
+//
+// A worker's first claim takes one small slice rather than a batch of the
+// largest (see checkpoint.BatchLimits.Smallest): on a large history a
+// whole first window batch took seconds before the run's first commit.
+func (w *workers) turn(ctx context.Context, failures *int, first *bool) (bool, error) {
 	// --rate counts slices, not batches. The first slice's token is
 	// taken before the claim, so a throttled worker holds no claim
 	// while the bucket is empty; the batch's other slices take theirs
@@ -124,7 +129,9 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 	if w.ctl.gate.Held() {
 		return true, nil // paused (or held) while waiting for the token
 	}
-	batch, err := w.claim(ctx)
+	limits := w.ctl.batchLimits()
+	limits.Smallest = *first
+	batch, err := w.claim(ctx, limits)
 	if errors.Is(err, errHeldMeanwhile) {
 		return true, nil
 	}
@@ -137,6 +144,9 @@ func (w *workers) turn(ctx context.Context, failures *int) (bool, error) {
 		return false, err
 	}
 	*failures = 0
+	if batch != nil {
+		*first = false
+	}
 	if batch == nil {
 		more, err := w.workElsewhere(ctx)
 		if err != nil || !more {
@@ -180,7 +190,7 @@ func (w *workers) take(ctx context.Context, n int) error {
 // after this process has handed its claims back, leaving them looking
 // taken. A batch claimed just as the run was cancelled is returned with the
 // cancellation, and handed back with the rest.
-func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
+func (w *workers) claim(ctx context.Context, limits checkpoint.BatchLimits) (*shard.Batch, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	c, leave := w.enter() // waits out a yield of the cron lock
@@ -188,7 +198,7 @@ func (w *workers) claim(ctx context.Context) (*shard.Batch, error) {
 	if w.ctl.gate.Held() {
 		return nil, errHeldMeanwhile
 	}
-	batch, err := w.e.store.Claim(cctx, w.runID, c, w.ctl.batchLimits(), w.e.cfg.Lease)
+	batch, err := w.e.store.Claim(cctx, w.runID, c, limits, w.e.cfg.Lease)
 	if err == nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
