@@ -536,8 +536,8 @@ func (h *Harness) Shardfill(ctx context.Context, db *DB, c int) (Result, error) 
 		return res, err
 	}
 	res.Verified = true
-	h.logf("%s: %s: %s, %d slices, p50 %s, p95 %s, peak RSS %d MiB", db.Name, label,
-		res.Wall.Round(time.Millisecond), res.Slices, res.P50.Round(time.Microsecond),
+	h.logf("%s: %s: %s, %d slices, first slice after %s, p50 %s, p95 %s, peak RSS %d MiB", db.Name, label,
+		res.Wall.Round(time.Millisecond), res.Slices, res.FirstSlice.Round(time.Millisecond), res.P50.Round(time.Microsecond),
 		res.P95.Round(time.Microsecond), res.MaxRSSKiB/1024)
 	return res, nil
 }
