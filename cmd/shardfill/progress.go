@@ -21,7 +21,10 @@ import (
 const DefaultProgressInterval = 10 * time.Second
 
 // warmup is how long this process works before it quotes a pace of its
-// own: the first batches say little about the rest.
+// own: the first batches say little about the rest. From a second on it
+// quotes one as soon as it has done a slice, so a short pass (a resume
+// with little left) does not say 0 while it works; until then the pace is
+// left out, not given as 0.
 const warmup = 3 * time.Second
 
 // progress reports a run's progress, weighted by raw rows (a slice of a big
@@ -198,6 +201,7 @@ type figures struct {
 	slicesDone, slicesTotal          int64
 	rowsDone, rowsTotal              int64
 	rowsPerSecond, procRowsPerSecond float64
+	procMeasured                     bool // procRowsPerSecond is a measure, not just "not yet"
 	eta                              *float64
 	failed, retries                  int64
 	paused                           bool
@@ -215,8 +219,9 @@ func (p *progress) figures() (figures, bool) {
 	}
 	f := figures{runID: p.run.ID, slicesDone: p.doneSlices, slicesTotal: p.totalSlices, rowsDone: p.doneRows,
 		rowsTotal: p.totalRows, failed: p.failed, retries: p.retries, state: string(checkpoint.StateRunning), planning: p.planning}
-	if worked := time.Since(p.began); worked >= warmup {
+	if worked := time.Since(p.began); worked >= warmup || (worked >= time.Second && p.rowsThisProc > 0) {
 		f.procRowsPerSecond = float64(p.rowsThisProc) / worked.Seconds()
+		f.procMeasured = true
 	}
 	f.rowsPerSecond = f.procRowsPerSecond
 	if a := p.applied; a != nil {
@@ -250,9 +255,12 @@ func (p *progress) record() {
 	if !ok {
 		return
 	}
-	var eta, throttle any // null when unknown / nothing holds
+	var eta, throttle, procRate any // null (left out of text) when unknown / nothing holds
 	if f.eta != nil {
 		eta = round1(*f.eta)
+	}
+	if f.procMeasured {
+		procRate = round1(f.procRowsPerSecond)
 	}
 	if f.throttle != nil {
 		throttle = *f.throttle
@@ -260,7 +268,7 @@ func (p *progress) record() {
 	p.log.Info("progress", "job", p.jobName(), "run_id", f.runID, "state", f.state,
 		"slices_done", f.slicesDone, "slices_total", f.slicesTotal,
 		"rows_done", f.rowsDone, "rows_total", f.rowsTotal,
-		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", round1(f.procRowsPerSecond),
+		"rows_per_second", round1(f.rowsPerSecond), "process_rows_per_second", procRate,
 		"eta_seconds", eta, "failed", f.failed, "retries", f.retries,
 		"paused", f.paused, "throttle_reason", throttle, "planning", f.planning, "eta_estimated", f.etaEstimated)
 }
@@ -289,7 +297,7 @@ func (p *progress) describe() {
 		d += " · paused"
 	case f.throttle != nil:
 		d += " · held: " + *f.throttle
-	case f.procRowsPerSecond == 0:
+	case !f.procMeasured:
 		d += " · measuring"
 	default:
 		d += fmt.Sprintf(" · %.0f rows/s", f.procRowsPerSecond)
