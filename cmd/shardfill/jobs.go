@@ -98,12 +98,6 @@ func (g *globals) runs(ctx context.Context, pool *pgxpool.Pool) (*checkpoint.Sto
 	return checkpoint.NewJob(pool, g.schema, f.Name, l.Key, l.Fence), nil
 }
 
-// store is the checkpoint store of j's runs.
-func (g *globals) store(pool *pgxpool.Pool, j engine.Job) *checkpoint.Store {
-	l := j.Lock()
-	return checkpoint.NewJob(pool, g.schema, j.Name(), l.Key, l.Fence)
-}
-
 // jobError reports whether err is a mistake in the job file or its
 // parameters, or a privilege the role lacks (exit code 2).
 func jobError(err error) bool {
