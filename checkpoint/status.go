@@ -333,7 +333,7 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 		slicesLeft = max(float64(c.Total)*float64(*est)/float64(run.RowsTotal)-float64(c.Done+c.Failed), slicesLeft)
 	}
 	var eta float64
-	if st.RowsPerSecond > 0 {
+	if st.RowsPerSecond > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
 		eta = rowsLeft / st.RowsPerSecond
 	}
 	// A rate in force bounds the pace whatever the rows: every unfinished
@@ -347,6 +347,12 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 	}
 	return nil
 }
+
+// etaWarmup: a pace measured over less than this, on less than a
+// hundredth of the rows, gives no ETA. A run's first claims take its
+// smallest slices, and a few tiny slices in the first seconds promised
+// years.
+const etaWarmup = 10 * time.Second
 
 // held reports whether nothing moves now though the run is running: every
 // live process is held back (a throttle's hold, a yield; a pause shows as

@@ -98,3 +98,37 @@ func ptr[T any](p *T) any {
 	}
 	return *p
 }
+
+// In a run's first seconds, with a few small slices done of many rows, the
+// pace is no pace yet: status gives no ETA rather than one of years.
+func TestNoETAFromTheFirstTinySlices(t *testing.T) {
+	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	ctx := context.Background()
+	var h job.Hourly
+	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
+		State: checkpoint.ProcessWorking}); err != nil {
+		t.Fatal(err)
+	}
+	var rows int64
+	if err := pool.QueryRow(ctx, `
+		WITH d AS (UPDATE shardfill.slice SET state = 'done', started_at = clock_timestamp(), finished_at = clock_timestamp()
+		           WHERE run_id = $1 AND id = (SELECT max(id) FROM shardfill.slice WHERE run_id = $1) RETURNING est_rows)
+		SELECT est_rows FROM d`, run.ID).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows*100 >= run.RowsTotal {
+		t.Fatalf("the smallest slice holds %d of %d rows; the test needs one under a hundredth", rows, run.RowsTotal)
+	}
+	st, err := store.Status(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RowsPerSecond <= 0 || st.ETASeconds != nil {
+		t.Fatalf("%.1f rows/s after one small slice: eta %v, want none yet", st.RowsPerSecond, ptr(st.ETASeconds))
+	}
+}
