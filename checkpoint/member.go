@@ -59,10 +59,11 @@ func (s *Store) Writes(tables []string) *Store {
 }
 
 // OtherJobs describes the backends of other jobs that write a table this
-// store's job writes ("" when none), on this database, in any schema. A
-// process takes its table locks before it looks, so two processes of two
-// such jobs starting together both see the other and both refuse.
-func (s *Store) OtherJobs(ctx context.Context) (string, error) {
+// store's job writes ("" when none), on this database, in any schema,
+// but self (see OtherSchemas). A process takes its table locks before it
+// looks, so two processes of two such jobs starting together both see the
+// other and both refuse.
+func (s *Store) OtherJobs(ctx context.Context, self int) (string, error) {
 	if len(s.tables) == 0 {
 		return "", nil
 	}
@@ -74,8 +75,9 @@ func (s *Store) OtherJobs(ctx context.Context) (string, error) {
 		WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objsubid = 2 AND l.granted
 		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		  AND l.objid IN (SELECT to_regclass(t)::oid FROM unnest($2::text[]) AS t)
+		  AND l.pid <> $4
 		  AND NOT EXISTS (SELECT FROM pg_locks m WHERE m.pid = l.pid AND `+heldLock("m", jobClass, "$3")+`)`,
-		tableClass, s.tables, s.jobName()).Scan(&who)
+		tableClass, s.tables, s.jobName(), self).Scan(&who)
 	if err != nil {
 		return "", fmt.Errorf("look for other jobs writing the same tables: %w", err)
 	}
@@ -110,14 +112,18 @@ func (s *Store) Members(ctx context.Context, except int) ([]int, error) {
 // OtherSchemas describes the backends that work on the same job for
 // another checkpoint schema of this database ("" when none): another
 // backfill of the same rows, which two runs must never write at once.
-func (s *Store) OtherSchemas(ctx context.Context) (string, error) {
+//
+// self is the backend of this process's lock connection: a backend that
+// is ending releases its locks one after another, and this process's own,
+// killed, must not read as another's.
+func (s *Store) OtherSchemas(ctx context.Context, self int) (string, error) {
 	var who string
 	err := s.db.QueryRow(ctx, `
 		SELECT coalesce(string_agg(format('pid %s (%s)', l.pid, coalesce(nullif(a.application_name, ''), 'no application_name')), ', '), '')
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE `+heldLock("l", jobClass, "$2")+`
+		WHERE `+heldLock("l", jobClass, "$2")+` AND l.pid <> $3
 		  AND NOT EXISTS (SELECT FROM pg_locks m WHERE m.pid = l.pid AND `+heldLock("m", memberClass, "$1")+`)`,
-		s.memberName(), s.jobName()).Scan(&who)
+		s.memberName(), s.jobName(), self).Scan(&who)
 	if err != nil {
 		return "", fmt.Errorf("look for backfills of other schemas: %w", err)
 	}

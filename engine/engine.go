@@ -301,7 +301,7 @@ func (e *Engine) start(s *session, pre prepared) (*Result, error) {
 	} else if err != nil {
 		return nil, s.stopped(err)
 	}
-	if err := e.alone(ctx); err != nil {
+	if err := e.alone(ctx, s.lock.backend()); err != nil {
 		return nil, s.stopped(err)
 	}
 	run, planned, err := e.store.Start(ctx, checkpoint.PlanSpec{
@@ -481,8 +481,8 @@ func (e *Engine) finish(ctx context.Context, lock *cronLock, run *checkpoint.Run
 // process took its membership lock with the cron lock, before looking: two
 // processes of two schemas starting together both see the other and both
 // refuse, rather than both going on.
-func (e *Engine) alone(ctx context.Context) error {
-	other, err := e.store.OtherJobs(ctx)
+func (e *Engine) alone(ctx context.Context, self int) error {
+	other, err := e.store.OtherJobs(ctx, self)
 	if err != nil {
 		return err
 	}
@@ -490,7 +490,7 @@ func (e *Engine) alone(ctx context.Context) error {
 		return &ConfigError{fmt.Sprintf("another job is writing a table job %s writes (%s): two jobs must never replace the same rows at once; "+
 			"wait for it to end, or stop it", e.job.Name(), other)}
 	}
-	other, err = e.store.OtherSchemas(ctx)
+	other, err = e.store.OtherSchemas(ctx, self)
 	if err != nil || other == "" {
 		return err
 	}

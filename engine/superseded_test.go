@@ -172,8 +172,10 @@ func TestOnlyTheStamperStampsAndNobodyCriesWolf(t *testing.T) {
 // the lock connection in the middle of it.
 type slowPlanJob struct{ job.Hourly }
 
-func (s *slowPlanJob) PlanSQL() string {
-	return `SELECT p.* FROM (` + s.Hourly.PlanSQL() + `) p CROSS JOIN (SELECT pg_sleep(60)) s`
+// Pieces plans the rollup's months, each piece's query slowed by a minute.
+func (s *slowPlanJob) Pieces(pieceRows int64) checkpoint.Pieces {
+	return checkpoint.MonthPieces{SourceSQL: `SELECT p.* FROM (` + s.Hourly.PlanSQL() + `) p CROSS JOIN (SELECT pg_sleep(60)) s`,
+		BoundsSQL: s.Hourly.PlanBoundsSQL(), PieceRows: pieceRows}
 }
 
 // The lock connection is watched from the moment the lock is taken, during
@@ -189,15 +191,17 @@ func TestLockWatchedDuringPlanning(t *testing.T) {
 		_, err := e.Run(context.Background())
 		end <- err
 	}()
-	// The planning statement runs on a pool connection; the lock
-	// connection is the one holding the cron lock, idle in its transaction.
+	// The planning statement runs on a pool connection (its text is cut
+	// short in pg_stat_activity, so it is found by what it waits for); the
+	// lock connection is the one holding the cron lock, idle in its
+	// transaction.
 	var lockPID int
 	deadline := time.Now().Add(30 * time.Second)
 	for lockPID == 0 && time.Now().Before(deadline) {
 		_ = pool.QueryRow(context.Background(), `SELECT l.pid FROM pg_locks l
 			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = 4246 AND l.objsubid = 1 AND l.granted
 			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-			  AND EXISTS (SELECT FROM pg_stat_activity a WHERE a.query LIKE '%pg_sleep(60)%' AND a.state = 'active' AND a.datname = current_database())`).Scan(&lockPID)
+			  AND EXISTS (SELECT FROM pg_stat_activity a WHERE a.wait_event = 'PgSleep' AND a.state = 'active' AND a.datname = current_database())`).Scan(&lockPID)
 		time.Sleep(50 * time.Millisecond)
 	}
 	if lockPID == 0 {
