@@ -24,6 +24,9 @@
 -- again until it changes no row. SKIP LOCKED leaves a row the application
 -- is writing right now for a later round, and the outer IS NULL keeps a
 -- value written meanwhile: re-running the slice changes nothing more.
+-- RETURNING the key lets each pass start after the last id the one before
+-- changed, as the serial command's keyset cursor did, rather than walk the
+-- slice's changed rows again.
 UPDATE issue i
    SET last_activity_at = i.updated_at
   FROM (SELECT id
@@ -36,7 +39,8 @@ UPDATE issue i
            FOR UPDATE SKIP LOCKED) b
  WHERE i.id = b.id
    AND i.last_activity_at IS NULL
-   AND i.updated_at IS NOT NULL;
+   AND i.updated_at IS NOT NULL
+RETURNING i.id;
 
 -- shardfill:remaining
 -- Rows still to do, in a slice's key range (or, compiled for the whole

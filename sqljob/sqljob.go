@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -34,6 +35,20 @@ type Job struct {
 	hasShard  bool
 	// slice, then and remaining by scope (open below, open above).
 	slice, then, remaining map[jobfile.Scope][]jobfile.Compiled
+	// keyset: the repeated slice statement of a split job returns the keys
+	// it changed (RETURNING, the key first), so each pass starts after the
+	// last key the one before changed instead of at the slice's start.
+	keyset bool
+}
+
+// returning finds a RETURNING clause.
+var returning = regexp.MustCompile(`(?i)\bRETURNING\b`)
+
+// keysetSQL wraps a slice statement that returns its keys: how many rows
+// it changed, and the greatest key among them (as text, in the key's
+// order; no max() is needed, which uuid lacks).
+func keysetSQL(stmt string) string {
+	return `WITH changed AS (` + stmt + `) SELECT count(*), (SELECT k::text FROM changed AS c(k) ORDER BY 1 DESC LIMIT 1) FROM changed`
 }
 
 // maxPasses bounds a repeated slice statement: one that still changes
@@ -67,6 +82,7 @@ func Open(ctx context.Context, db *pgxpool.Pool, f *jobfile.File, params map[str
 	if err != nil {
 		return nil, err
 	}
+	j.keyset = f.Repeat && f.Split != nil && returning.MatchString(f.Slice.Statements[0].SQL)
 	return j, j.compile()
 }
 
@@ -315,20 +331,25 @@ func (j *Job) Pieces(int64) checkpoint.Pieces {
 // it is handed back for later.
 func (j *Job) RunSlice(ctx context.Context, tx pgx.Tx, sl shard.Slice) (checkpoint.Verdict, int64, error) {
 	sc := jobfile.Scope{LoOpen: sl.Lo == nil, HiOpen: sl.Hi == nil}
-	stmt := j.slice[sc][0]
 	var rows int64
+	at := sl // the range a pass covers: with a keyset, from the last key changed on
 	for pass := 1; ; pass++ {
-		tag, err := tx.Exec(ctx, stmt.SQL, j.args(stmt, &sl)...)
+		n, last, err := j.pass(ctx, tx, &at)
 		if err != nil {
 			return checkpoint.Verdict{}, rows, err
 		}
-		rows += tag.RowsAffected()
-		if !j.f.Repeat || tag.RowsAffected() == 0 {
+		rows += n
+		if !j.f.Repeat || n == 0 {
 			break
 		}
 		if pass == maxPasses {
 			return checkpoint.Verdict{}, rows, fmt.Errorf("the slice statement (%s:%d) still changes rows after %d passes: its predicate must exclude the rows it has changed",
-				j.f.Path, stmt.Line, pass)
+				j.f.Path, j.f.Slice.Statements[0].Line, pass)
+		}
+		if last != nil {
+			// Rows before it that this pass skipped (locked) are found by
+			// remaining, over the whole slice, and hand it back.
+			at.Lo = last
 		}
 	}
 	for _, c := range j.then[sc] {
@@ -345,6 +366,20 @@ func (j *Job) RunSlice(ctx context.Context, tx pgx.Tx, sl shard.Slice) (checkpoi
 	}
 	return checkpoint.Verdict{Progress: rows > 0, MaxStalls: j.f.MaxStalls,
 		Why: fmt.Sprintf("%d rows still to do (remaining), none of which the slice statement could change: locked by other sessions, or the two statements disagree", left)}, rows, nil
+}
+
+// pass runs the slice statement once over sl's range: the rows it changed,
+// and with a keyset the greatest key among them.
+func (j *Job) pass(ctx context.Context, tx pgx.Tx, sl *shard.Slice) (int64, *string, error) {
+	stmt := j.slice[jobfile.Scope{LoOpen: sl.Lo == nil, HiOpen: sl.Hi == nil}][0]
+	if !j.keyset {
+		tag, err := tx.Exec(ctx, stmt.SQL, j.args(stmt, sl)...)
+		return tag.RowsAffected(), nil, err
+	}
+	var n int64
+	var last *string
+	err := tx.QueryRow(ctx, keysetSQL(stmt.SQL), j.args(stmt, sl)...).Scan(&n, &last)
+	return n, last, err
 }
 
 // count runs a remaining query.
