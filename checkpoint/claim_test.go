@@ -92,17 +92,24 @@ func claimSetup(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, int) {
 	return pool, store, int(lockConn.PgConn().PID())
 }
 
+// newRun plans a fresh run of the rollup with small windows.
+func newRun(t *testing.T, store *checkpoint.Store) *checkpoint.Run {
+	t.Helper()
+	var h job.Hourly
+	run, _, err := store.Start(context.Background(), checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
 // claimAllAtOnce plans a new run and has 16 workers claim all of it within
 // limits, starting together. It returns the run, its number of windows and
 // every batch claimed.
 func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, pid int, limits checkpoint.BatchLimits) (*checkpoint.Run, int, []shard.Batch) {
 	t.Helper()
 	ctx := context.Background()
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	var windows int
 	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT (from_ts, to_ts)) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&windows); err != nil {
 		t.Fatal(err)
@@ -186,11 +193,7 @@ func TestStampIsFencedByTheCronLock(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool, store, pid := claimSetup(t)
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	if _, err := pool.Exec(ctx, `UPDATE shardfill.slice SET state = 'done' WHERE run_id = $1`, run.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -216,11 +219,7 @@ func TestFirstClaimTakesTheSmallestSlice(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	var smallest, largest int64
 	if err := pool.QueryRow(ctx, `SELECT min(est_rows), max(est_rows) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&smallest, &largest); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/shardfill/shardfill/checkpoint"
-	"github.com/shardfill/shardfill/job"
 )
 
 // A pause of less than a millisecond is stored rounded up, as the
@@ -15,11 +14,7 @@ func TestSleepStoredRoundedUp(t *testing.T) {
 	t.Parallel()
 	_, store, pid := claimSetup(t)
 	ctx := context.Background()
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	d := 500 * time.Microsecond
 	ctl, err := store.SetLimits(ctx, run.ID, checkpoint.Limits{SleepBetweenSlices: &d}, "tester")
 	if err != nil {
@@ -47,11 +42,7 @@ func TestETAUsesThePaceInForceAndSaysHeld(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	// Half the slices done since the process started: a torrent of rows
 	// per second.
 	done := func() {
@@ -105,11 +96,7 @@ func TestNoETAFromTheFirstTinySlices(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	var h job.Hourly
-	run, _, err := store.Start(ctx, checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := newRun(t, store)
 	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
 		State: checkpoint.ProcessWorking}); err != nil {
 		t.Fatal(err)
