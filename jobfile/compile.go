@@ -46,6 +46,7 @@ type compiler struct {
 	f                  *File
 	keyType, shardType Type
 	scope              Scope
+	facts              map[string]bool
 	index              map[string]int
 	names              []string
 }
@@ -56,6 +57,14 @@ func (c *compiler) typeOf(name string) Type {
 		return c.keyType
 	case "shard":
 		return c.shardType
+	case "from", "to", "read_from", "watermark":
+		return Timestamptz
+	case "slice_rows", "piece_rows":
+		return Bigint
+	case "shards":
+		return c.shardType + "[]"
+	case "los", "his":
+		return c.keyType + "[]"
 	}
 	return c.f.param(name).Type
 }
@@ -69,7 +78,7 @@ func castTo(expr string, t Type) string {
 
 // bind returns the text that replaces @name.
 func (c *compiler) bind(name string) string {
-	if c.scope.Whole && engineNames[name] {
+	if c.scope.Whole && sliceNames[name] {
 		return castTo("NULL", c.typeOf(name))
 	}
 	k, ok := c.index[name]
@@ -89,6 +98,12 @@ func (c *compiler) bind(name string) string {
 // file lines (LineAt). keyType and shardType may be any PostgreSQL type
 // name.
 func (f *File) Compile(st Statement, keyType, shardType Type, scope Scope) (Compiled, error) {
+	return f.CompileFacts(st, keyType, shardType, scope, nil)
+}
+
+// CompileFacts is Compile with the answers to the job's facts, which
+// choose each shardfill.if(fact, a, b): a where the fact holds, else b.
+func (f *File) CompileFacts(st Statement, keyType, shardType Type, scope Scope, facts map[string]bool) (Compiled, error) {
 	refs, err := scanRefs(st.SQL)
 	if err != nil {
 		le := err.(*lexError)
@@ -103,7 +118,7 @@ func (f *File) Compile(st Statement, keyType, shardType Type, scope Scope) (Comp
 	if bad != nil {
 		return Compiled{}, bad
 	}
-	c := &compiler{f: f, keyType: keyType, shardType: shardType, scope: scope, index: map[string]int{}}
+	c := &compiler{f: f, keyType: keyType, shardType: shardType, scope: scope, facts: facts, index: map[string]int{}}
 	out, err := c.render(st.SQL, 0, len(st.SQL), refs)
 	if err != nil {
 		return Compiled{}, &Error{Path: f.Path, Line: st.Line, Msg: err.Error()}
@@ -122,6 +137,22 @@ func (c *compiler) render(s string, from, to int, refs []ref) (string, error) {
 			continue
 		}
 		orig := s[r.start:r.end]
+		if r.kind == refIf {
+			holds, ok := c.facts[r.name]
+			if !ok {
+				return "", fmt.Errorf("shardfill.if(%s, ...): the fact has not been asked of the database", r.name)
+			}
+			ch := r.choice[1]
+			if holds {
+				ch = r.choice[0]
+			}
+			text, err := c.render(s, ch.start, ch.end, ch.refs)
+			if err != nil {
+				return "", err
+			}
+			b.WriteString(keepLines(text, orig))
+			continue
+		}
 		var core string
 		switch {
 		case c.scope.Whole || (c.scope.LoOpen && c.scope.HiOpen):
@@ -145,14 +176,19 @@ func (c *compiler) render(s string, from, to int, refs []ref) (string, error) {
 				core = "((" + expr + ") >= " + lo + " AND (" + flat + ") < " + c.bind("hi") + ")"
 			}
 		}
-		// Keep the line count of the original text.
-		if missing := strings.Count(orig, "\n") - strings.Count(core, "\n"); missing > 0 {
-			core += strings.Repeat("\n", missing)
-		}
-		b.WriteString(core)
+		b.WriteString(keepLines(core, orig))
 	}
 	b.WriteString(s[at:to])
 	return b.String(), nil
+}
+
+// keepLines pads text with the newlines it lacks of orig, the text it
+// replaces, so later positions keep their lines.
+func keepLines(text, orig string) string {
+	if missing := strings.Count(orig, "\n") - strings.Count(text, "\n"); missing > 0 {
+		return text + strings.Repeat("\n", missing)
+	}
+	return text
 }
 
 // flatten is expr on one line: comments and newlines outside quotes become

@@ -84,11 +84,22 @@ type File struct {
 	Tables                  []string
 	Split                   *Split // exactly one of Split, Plan
 	Plan                    *Section
-	Slice                   Section
-	Repeat                  bool
-	MaxStalls               int // with Repeat: default 5; 0 without
-	Then, Finish, Verify    *Section
-	Remaining, DryRun       *Section
+	// PlanMonths: the plan is run piece by piece over whole UTC months
+	// (-- shardfill:plan months), bounded by the Bounds query.
+	PlanMonths bool
+	Bounds     *Section
+	Slice      Section // empty when the job has only batch forms
+	// Batches are the batch forms by access path ("" when one form
+	// serves every batch; else by-shard, by-range, by-window).
+	Batches              map[string]*Section
+	Repeat               bool
+	MaxStalls            int // with Repeat: default 5; 0 without
+	Then, Finish, Verify *Section
+	Remaining, DryRun    *Section
+	Extent, Check        *Section
+	// Facts are the preflight's questions, in file order: each a query
+	// of one boolean that shardfill.if(name, a, b) chooses by.
+	Facts []*Section
 	// Version is Name + "-" + the first 12 hex digits of a SHA-256 over
 	// every directive and statement in canonical form (comments dropped,
 	// whitespace outside quotes collapsed; the description left out), so
@@ -123,8 +134,12 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-// The section names, in the order All lists them.
-var sectionOrder = []string{"plan", "slice", "then", "finish", "verify", "remaining", "dry-run"}
+// The section names, in the order All lists them (batch and fact may
+// appear several times).
+var sectionOrder = []string{"plan", "bounds", "slice", "batch", "then", "finish", "verify", "extent", "remaining", "dry-run", "check", "fact"}
+
+// BatchPaths are the access paths a batch form may name.
+var BatchPaths = []string{"by-shard", "by-range", "by-window"}
 
 var (
 	jobNameRe   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
@@ -136,8 +151,37 @@ var (
 	nearDirectiveRe = regexp.MustCompile(`(?i)^\s*--\s*shardfill\s*:`)
 )
 
-// engineNames are the names the engine binds in a slice's statements.
-var engineNames = map[string]bool{"lo": true, "hi": true, "shard": true}
+// engineNames are the names the engine binds, with their places: slice,
+// then and remaining run within a slice; a job planned by months binds
+// its piece to plan and bounds, a batch's slices to batch, the run's range
+// and watermark to finish, and a month to verify.
+var engineNames = map[string]bool{
+	"lo": true, "hi": true, "shard": true,
+	"from": true, "to": true, "slice_rows": true, "piece_rows": true,
+	"shards": true, "los": true, "his": true, "read_from": true, "watermark": true,
+}
+
+// sliceNames are the engine's names of one slice.
+var sliceNames = map[string]bool{"lo": true, "hi": true, "shard": true}
+
+// monthNames are the engine's names each section of a job planned by
+// months may use, beside the slice's.
+var monthNames = map[string][]string{
+	"plan":   {"from", "to", "slice_rows"},
+	"bounds": {"from", "piece_rows"},
+	"batch":  {"shards", "los", "his", "lo", "hi", "read_from", "watermark"},
+	"finish": {"watermark", "from"},
+	"verify": {"from", "to"},
+}
+
+// sectionKind is a section's name without its argument ("batch by-shard" ->
+// "batch").
+func sectionKind(section string) string {
+	if i := strings.IndexByte(section, ' '); i >= 0 {
+		return section[:i]
+	}
+	return section
+}
 
 const directivePrefix = "-- shardfill:"
 
@@ -160,6 +204,7 @@ type parser struct {
 	sections  map[string]*Section
 	seen      map[string]int // header directive -> line
 	sliceArgs string
+	order     []string // section names as they appear
 }
 
 func (p *parser) errf(section string, line int, format string, args ...any) error {
@@ -224,20 +269,17 @@ func (p *parser) directive(n int, rest string) error {
 		return p.errf("", n, "directive without a name after \"-- shardfill:\"")
 	}
 	switch word {
-	case "plan", "slice", "then", "finish", "verify", "remaining", "dry-run":
-		if first, ok := p.sections[word]; ok {
-			return p.errf(word, n, "duplicate section %s (first on line %d)", word, first.Line)
+	case "plan", "bounds", "slice", "batch", "then", "finish", "verify", "extent", "remaining", "dry-run", "check", "fact":
+		name, err := p.sectionName(n, word, args)
+		if err != nil {
+			return err
 		}
-		if word == "slice" {
-			p.sliceArgs = args
-			if err := p.sliceOptions(n, args); err != nil {
-				return err
-			}
-		} else if args != "" {
-			return p.errf(word, n, "section %s takes no options (got %q)", word, args)
+		if first, ok := p.sections[name]; ok {
+			return p.errf(name, n, "duplicate section %s (first on line %d)", name, first.Line)
 		}
-		s := &Section{Name: word, Line: n}
-		p.sections[word] = s
+		s := &Section{Name: name, Line: n}
+		p.sections[name] = s
+		p.order = append(p.order, name)
 		p.cur, p.curText = s, nil
 		return nil
 	case "job", "description", "lock", "tables", "split":
@@ -270,6 +312,45 @@ func (p *parser) directive(n int, rest string) error {
 		return p.split(n, args)
 	}
 	return nil
+}
+
+// sectionName checks a section directive's options and returns the
+// section's name: the word, with the path of a batch form or the name of
+// a fact.
+func (p *parser) sectionName(n int, word, args string) (string, error) {
+	switch word {
+	case "slice":
+		p.sliceArgs = args
+		return word, p.sliceOptions(n, args)
+	case "plan":
+		switch strings.ToLower(args) {
+		case "":
+		case "months":
+			p.f.PlanMonths = true
+		default:
+			return "", p.errf(word, n, "unknown plan option %q (the one option is months)", args)
+		}
+		return word, nil
+	case "batch":
+		if args == "" {
+			return word, nil
+		}
+		for _, path := range BatchPaths {
+			if strings.EqualFold(args, path) {
+				return word + " " + path, nil
+			}
+		}
+		return "", p.errf(word, n, "unknown batch path %q (paths: %s)", args, strings.Join(BatchPaths, ", "))
+	case "fact":
+		if !paramNameRe.MatchString(args) {
+			return "", p.errf(word, n, "fact needs a name of lower-case letters, digits and '_' (got %q)", args)
+		}
+		return word + " " + args, nil
+	}
+	if args != "" {
+		return "", p.errf(word, n, "section %s takes no options (got %q)", word, args)
+	}
+	return word, nil
 }
 
 func (p *parser) sliceOptions(n int, args string) error {
@@ -584,8 +665,8 @@ func (p *parser) endSection() error {
 	if len(s.Statements) == 0 {
 		return p.errf(s.Name, s.Line, "section %s holds no statement", s.Name)
 	}
-	if len(s.Statements) > 1 && s.Name != "finish" && s.Name != "then" {
-		return p.errf(s.Name, s.Statements[1].Line, "section %s holds %d statements; only finish and then may hold several", s.Name, len(s.Statements))
+	if k := sectionKind(s.Name); len(s.Statements) > 1 && k != "finish" && k != "then" && k != "batch" {
+		return p.errf(s.Name, s.Statements[1].Line, "section %s holds %d statements; only finish, then and batch may hold several", s.Name, len(s.Statements))
 	}
 	return nil
 }
@@ -607,19 +688,30 @@ func (p *parser) finish() error {
 		return p.errf("", jobLine, "missing -- shardfill:split or -- shardfill:plan: the job must say how it is sliced")
 	}
 	slice := p.sections["slice"]
-	if slice == nil {
-		return p.errf("", jobLine, "missing section -- shardfill:slice")
+	f.Batches = map[string]*Section{}
+	for _, name := range p.order {
+		switch sectionKind(name) {
+		case "batch":
+			f.Batches[strings.TrimPrefix(strings.TrimPrefix(name, "batch"), " ")] = p.sections[name]
+		case "fact":
+			f.Facts = append(f.Facts, p.sections[name])
+		}
 	}
-	if f.Repeat && p.sections["remaining"] == nil {
-		return p.errf("slice", slice.Line, "slice repeat needs a -- shardfill:remaining section (how many rows are still to do)")
+	if err := p.checkShape(slice, plan); err != nil {
+		return err
 	}
 	f.Plan = plan
-	f.Slice = *slice
+	if slice != nil {
+		f.Slice = *slice
+	}
 	f.Then = p.sections["then"]
 	f.Finish = p.sections["finish"]
 	f.Verify = p.sections["verify"]
 	f.Remaining = p.sections["remaining"]
 	f.DryRun = p.sections["dry-run"]
+	f.Bounds = p.sections["bounds"]
+	f.Extent = p.sections["extent"]
+	f.Check = p.sections["check"]
 
 	if f.Split != nil && f.Split.Where != "" {
 		if err := p.checkRefs("", Statement{SQL: f.Split.Where, Line: f.Split.Line}, false, "split's where"); err != nil {
@@ -631,7 +723,7 @@ func (p *parser) finish() error {
 			return err
 		}
 	}
-	if f.Split != nil {
+	if f.Split != nil && slice != nil {
 		if !usesInRange(f.Slice.Statements[0].SQL) {
 			return p.errf("slice", f.Slice.Statements[0].Line, "the slice statement of a split job must restrict its rows with shardfill.in_range(%s)", f.Split.Column)
 		}
@@ -642,6 +734,83 @@ func (p *parser) finish() error {
 		}
 	}
 	f.Version = f.Name + "-" + f.digest()
+	return nil
+}
+
+// checkShape checks which sections go together: a job does its work with
+// a slice section or with batch forms (which need a plan by months, whose
+// windows they read together); a plan by months needs its bounds.
+func (p *parser) checkShape(slice, plan *Section) error {
+	f := p.f
+	jobLine := p.seen["job"]
+	section := func(name string) *Section { return p.sections[name] }
+	if len(f.Batches) == 0 {
+		if slice == nil {
+			return p.errf("", jobLine, "missing section -- shardfill:slice")
+		}
+		if f.Repeat && section("remaining") == nil {
+			return p.errf("slice", slice.Line, "slice repeat needs a -- shardfill:remaining section (how many rows are still to do)")
+		}
+	} else {
+		b := f.firstBatch()
+		switch {
+		case slice != nil:
+			return p.errf("slice", slice.Line, "a job has a slice section or batch forms (line %d), not both", b.Line)
+		case !f.PlanMonths:
+			return p.errf(b.Name, b.Line, "batch forms need -- shardfill:plan months: a batch reads the slices of one window together")
+		case section("then") != nil:
+			return p.errf("then", section("then").Line, "then runs after a slice statement; a batch form holds all of a batch's statements")
+		case section("remaining") != nil:
+			return p.errf("remaining", section("remaining").Line, "remaining is for a repeated slice statement; a batch job has none")
+		case f.Batches[""] != nil && len(f.Batches) > 1:
+			return p.errf(b.Name, b.Line, "a plain -- shardfill:batch serves every batch: give it alone, or only forms with a path (%s)", strings.Join(BatchPaths, ", "))
+		case f.Batches["by-window"] != nil && len(f.Batches) == 1:
+			return p.errf("batch by-window", f.Batches["by-window"].Line, "batch by-window serves only batches of one window; give a by-shard or by-range form for the others")
+		}
+	}
+	switch {
+	case f.PlanMonths && section("bounds") == nil:
+		return p.errf("plan", plan.Line, "plan months needs a -- shardfill:bounds section (where the months start and stop)")
+	case !f.PlanMonths && section("bounds") != nil:
+		return p.errf("bounds", section("bounds").Line, "bounds is for a plan by months (-- shardfill:plan months)")
+	case !f.PlanMonths && section("extent") != nil:
+		return p.errf("extent", section("extent").Line, "extent is for a plan by months (-- shardfill:plan months), whose verify runs month by month")
+	case f.PlanMonths && section("verify") != nil && section("extent") == nil:
+		return p.errf("verify", section("verify").Line, "the verify of a plan by months runs month by month over the job's extent: add a -- shardfill:extent section")
+	}
+	return nil
+}
+
+// firstBatch is the batch form that comes first in the file.
+func (f *File) firstBatch() *Section {
+	var first *Section
+	for _, b := range f.Batches {
+		if first == nil || b.Line < first.Line {
+			first = b
+		}
+	}
+	return first
+}
+
+// Batch is the batch form for a batch read along path ("by-shard",
+// "by-range", "by-window"; see BatchPaths): the form of that path, else
+// the plain one, else the nearest: by-window falls back to by-range, and
+// by-range and by-shard to each other. Nil when the job has no batch
+// forms.
+func (f *File) Batch(path string) *Section {
+	order := map[string][]string{
+		"by-window": {"by-window", "by-range", "by-shard"},
+		"by-range":  {"by-range", "by-shard"},
+		"by-shard":  {"by-shard", "by-range"},
+	}[path]
+	if b := f.Batches[""]; b != nil {
+		return b
+	}
+	for _, p := range order {
+		if b := f.Batches[p]; b != nil {
+			return b
+		}
+	}
 	return nil
 }
 
@@ -666,8 +835,15 @@ func (p *parser) checkRefs(section string, st Statement, isSection bool, what st
 		le := err.(*lexError)
 		return p.errf(section, lineOf(st.SQL, le.off, st.Line), "%s", le.msg)
 	}
+	k := sectionKind(section)
 	// Where the slice's names are bound at all.
-	sliceScoped := isSection && (section == "slice" || section == "then" || section == "remaining")
+	sliceScoped := isSection && (k == "slice" || k == "then" || k == "remaining")
+	monthScoped := map[string]bool{}
+	if isSection && p.f.PlanMonths {
+		for _, name := range monthNames[k] {
+			monthScoped[name] = true
+		}
+	}
 	split := p.f.Split != nil
 	var bad error
 	walkRefs(refs, func(r ref) {
@@ -676,11 +852,15 @@ func (p *parser) checkRefs(section string, st Statement, isSection bool, what st
 		}
 		line := lineOf(st.SQL, r.start, st.Line)
 		switch {
+		case r.kind == refIf && p.sections["fact "+r.name] == nil:
+			bad = p.errf(section, line, "shardfill.if(%s, ...): the job has no -- shardfill:fact %s", r.name, r.name)
+		case r.kind == refIf:
 		case r.kind == refInRange && !sliceScoped:
 			bad = p.errf(section, line, "shardfill.in_range is not allowed in the %s: only slice, then and remaining run within a slice", what)
 		case r.kind == refInRange:
-		case engineNames[r.name] && !sliceScoped:
-			bad = p.errf(section, line, "@%s is not allowed in the %s: only slice, then and remaining run within a slice", r.name, what)
+		case monthScoped[r.name]:
+		case sliceNames[r.name] && !sliceScoped, engineNames[r.name] && !sliceNames[r.name]:
+			bad = p.errf(section, line, "@%s is not bound in the %s (%s)", r.name, what, p.f.boundIn(k))
 		case (r.name == "lo" || r.name == "hi") && split:
 			bad = p.errf(section, line, "@%s is not allowed in a split job: use shardfill.in_range(%s) so open ends cannot be got wrong", r.name, p.f.Split.Column)
 		case r.name == "shard" && split:
@@ -691,6 +871,21 @@ func (p *parser) checkRefs(section string, st Statement, isSection bool, what st
 		}
 	})
 	return bad
+}
+
+// boundIn says which of the engine's names a section of kind k binds.
+func (f *File) boundIn(k string) string {
+	var names []string
+	switch {
+	case k == "slice" || k == "then" || k == "remaining":
+		names = []string{"lo", "hi", "shard"}
+	case f.PlanMonths:
+		names = monthNames[k]
+	}
+	if len(names) == 0 {
+		return "it binds none of the engine's names, only the job's parameters"
+	}
+	return "its engine names are @" + strings.Join(names, ", @")
 }
 
 func (f *File) param(name string) *Param {
@@ -713,17 +908,38 @@ func (f *File) declared() string {
 	return "declared: " + strings.Join(names, ", ") + "; the engine's names are @lo, @hi, @shard"
 }
 
-// All lists every statement with its section name, in the order plan,
-// slice, then, finish, verify, remaining, dry-run.
+// All lists every statement with its section name, sections in the order
+// plan, bounds, slice, batch (plain, by-shard, by-range, by-window), then,
+// finish, verify, extent, remaining, dry-run, check, fact (in file order).
 func (f *File) All() []Located {
 	var out []Located
-	for _, name := range sectionOrder {
-		s := f.section(name)
-		if s == nil {
-			continue
-		}
+	for _, s := range f.sectionList() {
 		for _, st := range s.Statements {
-			out = append(out, Located{Section: name, Statement: st})
+			out = append(out, Located{Section: s.Name, Statement: st})
+		}
+	}
+	return out
+}
+
+// sectionList is the file's sections in the order All lists them.
+func (f *File) sectionList() []*Section {
+	var out []*Section
+	add := func(s *Section) {
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	for _, name := range sectionOrder {
+		switch name {
+		case "batch":
+			add(f.Batches[""])
+			for _, p := range BatchPaths {
+				add(f.Batches[p])
+			}
+		case "fact":
+			out = append(out, f.Facts...)
+		default:
+			add(f.section(name))
 		}
 	}
 	return out
@@ -733,6 +949,8 @@ func (f *File) section(name string) *Section {
 	switch name {
 	case "plan":
 		return f.Plan
+	case "bounds":
+		return f.Bounds
 	case "slice":
 		if f.Slice.Name == "" {
 			return nil
@@ -744,10 +962,14 @@ func (f *File) section(name string) *Section {
 		return f.Finish
 	case "verify":
 		return f.Verify
+	case "extent":
+		return f.Extent
 	case "remaining":
 		return f.Remaining
 	case "dry-run":
 		return f.DryRun
+	case "check":
+		return f.Check
 	}
 	return nil
 }
@@ -777,12 +999,11 @@ func (f *File) digest() string {
 		fmt.Fprintf(&b, "split %q %q where %q rows %d\n", s.Table, s.Column, canonical(s.Where), s.Rows)
 	}
 	fmt.Fprintf(&b, "slice repeat=%t max-stalls=%d\n", f.Repeat, f.MaxStalls)
-	for _, name := range sectionOrder {
-		s := f.section(name)
-		if s == nil {
-			continue
-		}
-		fmt.Fprintf(&b, "section %s\n", name)
+	if f.PlanMonths {
+		b.WriteString("plan months\n")
+	}
+	for _, s := range f.sectionList() {
+		fmt.Fprintf(&b, "section %s\n", s.Name)
 		for _, st := range s.Statements {
 			fmt.Fprintf(&b, "statement %q\n", canonical(st.SQL))
 		}

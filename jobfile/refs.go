@@ -10,6 +10,7 @@ type refKind int
 const (
 	refName    refKind = iota // @name
 	refInRange                // shardfill.in_range(expr)
+	refIf                     // shardfill.if(fact, a, b)
 )
 
 // ref is one placeholder in a statement's text: an @name, or a
@@ -21,6 +22,11 @@ type ref struct {
 	exprStart  int    // refInRange: the argument, between the parentheses
 	exprEnd    int
 	inner      []ref // refInRange: references inside the argument (offsets in the same text)
+	// refIf: name is the fact; the two choices, each with its references.
+	choice [2]struct {
+		start, end int
+		refs       []ref
+	}
 }
 
 const inRangeName = "shardfill.in_range"
@@ -87,11 +93,20 @@ func scanRange(s string, code []bool, from, to int, nested bool) ([]ref, error) 
 			for k < to && code[k] && isSpaceRune(rune(s[k])) {
 				k++
 			}
-			if fn != "in_range" {
+			if fn != "in_range" && fn != "if" {
 				if k < to && code[k] && s[k] == '(' {
-					return nil, &lexError{i, fmt.Sprintf("unknown function shardfill.%s (the only one is shardfill.in_range)", fn)}
+					return nil, &lexError{i, fmt.Sprintf("unknown function shardfill.%s (there are shardfill.in_range and shardfill.if)", fn)}
 				}
 				i = j // a table of a schema named shardfill: plain SQL
+				continue
+			}
+			if fn == "if" {
+				r, err := scanIf(s, code, i, k, to)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, r)
+				i = r.end
 				continue
 			}
 			if nested {
@@ -136,11 +151,67 @@ func scanRange(s string, code []bool, from, to int, nested bool) ([]ref, error) 
 	return out, nil
 }
 
-// walkRefs calls fn for every reference, those inside in_range too.
+// scanIf reads shardfill.if(fact, a, b) starting at i, its parenthesis
+// at k: the fact is a name, a and b any SQL (commas inside parentheses
+// belong to them).
+func scanIf(s string, code []bool, i, k, to int) (ref, error) {
+	const form = "shardfill.if must be written shardfill.if(<fact>, <SQL if true>, <SQL if false>)"
+	if k >= to || !code[k] || s[k] != '(' {
+		return ref{}, &lexError{i, form}
+	}
+	depth := 0
+	commas := []int{}
+	closeAt := -1
+	for m := k; m < to && closeAt < 0; m++ {
+		if !code[m] {
+			continue
+		}
+		switch s[m] {
+		case '(':
+			depth++
+		case ')':
+			depth--
+			if depth == 0 {
+				closeAt = m
+			}
+		case ',':
+			if depth == 1 {
+				commas = append(commas, m)
+			}
+		}
+	}
+	if closeAt < 0 {
+		return ref{}, &lexError{i, "shardfill.if( has no closing parenthesis"}
+	}
+	if len(commas) != 2 {
+		return ref{}, &lexError{i, form}
+	}
+	name := strings.TrimSpace(s[k+1 : commas[0]])
+	if !paramNameRe.MatchString(name) {
+		return ref{}, &lexError{i, fmt.Sprintf("shardfill.if: %q is not a fact's name; %s", name, form)}
+	}
+	r := ref{kind: refIf, start: i, end: closeAt + 1, name: name}
+	bounds := [][2]int{{commas[0] + 1, commas[1]}, {commas[1] + 1, closeAt}}
+	for n, b := range bounds {
+		if strings.TrimSpace(canonical(s[b[0]:b[1]])) == "" {
+			return ref{}, &lexError{i, "shardfill.if: an empty choice; " + form}
+		}
+		inner, err := scanRange(s, code, b[0], b[1], false)
+		if err != nil {
+			return ref{}, err
+		}
+		r.choice[n].start, r.choice[n].end, r.choice[n].refs = b[0], b[1], inner
+	}
+	return r, nil
+}
+
+// walkRefs calls fn for every reference, those inside in_range and if too.
 func walkRefs(refs []ref, fn func(ref)) {
 	for _, r := range refs {
 		fn(r)
 		walkRefs(r.inner, fn)
+		walkRefs(r.choice[0].refs, fn)
+		walkRefs(r.choice[1].refs, fn)
 	}
 }
 
