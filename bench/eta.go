@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/shardfill/shardfill/checkpoint"
-	"github.com/shardfill/shardfill/job"
+	"github.com/shardfill/shardfill/internal/fixture"
 )
 
 // ScenarioETA measures how true the ETA is that `status` (and the progress
@@ -36,7 +36,7 @@ func (h *Harness) ETA(ctx context.Context, db *DB, c int) (Result, error) {
 		return Result{}, err
 	}
 	h.logf("eta: c=%d", c)
-	store := checkpoint.New(db.Pool, h.schema(), job.CronLockKey)
+	store := checkpoint.New(db.Pool, h.schema(), fixture.AppLockKey)
 	type ended struct {
 		p   Proc
 		err error

@@ -20,7 +20,6 @@ import (
 
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
-	"github.com/shardfill/shardfill/job"
 )
 
 // Harness runs the measured modes. The zero value is not usable: set Bin.
@@ -332,7 +331,7 @@ func sampleMonths(all []month, n int) []month {
 }
 
 // Serial replays the command shardfill replaces: on one connection holding
-// the cron lock (job.CronLockKey), one rollup_task_usage_hourly_window call per calendar
+// the cron lock (fixture.AppLockKey), one rollup_task_usage_hourly_window call per calendar
 // month, oldest first, then the watermark stamp. With sample > 0 only that
 // many months run and the total is extrapolated by their share of rows.
 func (h *Harness) Serial(ctx context.Context, db *DB, sample int) (Result, error) {
@@ -352,7 +351,7 @@ func (h *Harness) Serial(ctx context.Context, db *DB, sample int) (Result, error
 	}
 	defer conn.Release()
 	start := time.Now()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(fixture.AppLockKey)); err != nil {
 		return Result{}, fmt.Errorf("serial: lock: %w", err)
 	}
 	var took time.Duration
@@ -372,7 +371,7 @@ func (h *Harness) Serial(ctx context.Context, db *DB, sample int) (Result, error
 			return Result{}, fmt.Errorf("serial: stamp: %w", err)
 		}
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(fixture.AppLockKey)); err != nil {
 		return Result{}, fmt.Errorf("serial: unlock: %w", err)
 	}
 	res := Result{Mode: ModeSerial, Rows: db.UsageRows}

@@ -9,10 +9,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // LatencyConfig is the data set of the latency scenario: many small
@@ -274,7 +275,7 @@ func (h *Harness) Plan1M(ctx context.Context, srv *pgserver.Server, cfg Plan1MCo
 	return res, nil
 }
 
-// Explain runs the engine's own slice statements (job.Hourly.Apply) for
+// Explain runs the engine's own slice statements (the default job's batch, Apply) for
 // the run's largest slice on an empty rollup, with auto_explain reporting
 // EXPLAIN ANALYZE back as notices; everything is rolled back.
 func (h *Harness) Explain(ctx context.Context, db *DB, runID int64) (string, error) {
@@ -305,7 +306,15 @@ func (h *Harness) Explain(ctx context.Context, db *DB, runID int64) (string, err
 	}
 	// The statements the engine runs, which count tasks as its preflight
 	// found it may (before auto_explain, which would report the preflight).
-	j := new(job.Hourly)
+	pool, err := pgxpool.New(ctx, db.URL)
+	if err != nil {
+		return "", fmt.Errorf("explain: %w", err)
+	}
+	defer pool.Close()
+	j, err := sqljob.Default(ctx, pool)
+	if err != nil {
+		return "", fmt.Errorf("explain: %w", err)
+	}
 	if err := j.Preflight(ctx, conn); err != nil {
 		return "", fmt.Errorf("explain: %w", err)
 	}

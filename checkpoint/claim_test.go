@@ -12,9 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardfill/shardfill/checkpoint"
+	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
 )
 
@@ -81,7 +81,7 @@ func claimSetup(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, int) {
 	ctx := context.Background()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url+"&pool_max_conns=16")
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	lockConn := testenv.Conn(t, url)
 	if _, err := lockConn.Exec(ctx, `SELECT pg_advisory_lock_shared(4246)`); err != nil {
 		t.Fatal(err)
@@ -93,10 +93,10 @@ func claimSetup(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, int) {
 }
 
 // newRun plans a fresh run of the rollup with small windows.
-func newRun(t *testing.T, store *checkpoint.Store) *checkpoint.Run {
+func newRun(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store) *checkpoint.Run {
 	t.Helper()
-	var h job.Hourly
-	run, _, err := store.Start(context.Background(), checkpoint.PlanSpec{SourceSQL: h.PlanSQL(), MaxSliceRows: 500, LogicVersion: h.Version(), NewRun: true})
+	j := testenv.Rollup(t, pool)
+	run, _, err := store.Start(context.Background(), checkpoint.PlanSpec{Pieces: j.Pieces(0), MaxSliceRows: 500, LogicVersion: j.Version(), NewRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func newRun(t *testing.T, store *checkpoint.Store) *checkpoint.Run {
 func claimAllAtOnce(t *testing.T, pool *pgxpool.Pool, store *checkpoint.Store, pid int, limits checkpoint.BatchLimits) (*checkpoint.Run, int, []shard.Batch) {
 	t.Helper()
 	ctx := context.Background()
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	var windows int
 	if err := pool.QueryRow(ctx, `SELECT count(DISTINCT (from_ts, to_ts)) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&windows); err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func TestMigrateAddsMissingColumns(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := testenv.Pool(t, testenv.DB(t, nil))
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestStampIsFencedByTheCronLock(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool, store, pid := claimSetup(t)
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	if _, err := pool.Exec(ctx, `UPDATE shardfill.slice SET state = 'done' WHERE run_id = $1`, run.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestFirstClaimTakesTheSmallestSlice(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	var smallest, largest int64
 	if err := pool.QueryRow(ctx, `SELECT min(est_rows), max(est_rows) FROM shardfill.slice WHERE run_id = $1`, run.ID).Scan(&smallest, &largest); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Pieces plans a run's slices piece by piece, each piece in a transaction
@@ -22,11 +23,26 @@ type Pieces interface {
 	next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (bool, error)
 }
 
-// MonthPieces plans the rollup's (workspace, window) slices in pieces of
-// whole UTC months, newest first (see PlanSpec.SourceSQL and BoundsSQL).
+// MonthPieces plans a job's (shard, time window) slices in pieces of
+// whole UTC months, newest first: the job's plan and bounds queries, bound
+// by the job to its own parameters.
 type MonthPieces struct {
-	SourceSQL, BoundsSQL string
-	PieceRows            int64
+	// Plan lists the slices of [from, to), a piece of whole months (from
+	// -infinity or the run's range for the oldest piece, to infinity for
+	// the newest): columns shard (uuid), lo, hi (timestamptz), est_rows
+	// and read_from; sliceRows is the most rows per window
+	// (PlanSpec.MaxSliceRows).
+	Plan func(from, to pgtype.Timestamptz, sliceRows int64) (sql string, args []any)
+	// Bounds finds where planning in pieces starts and stops: from from
+	// (the run's range, or -infinity) the UTC month starts of the oldest
+	// and newest rows, NULL when there are none, the number of rows
+	// counted up to pieceRows + 1, and an estimate of all rows. Nil: the
+	// run is planned in one piece.
+	Bounds func(from pgtype.Timestamptz, pieceRows int64) (sql string, args []any)
+	// PieceRows: a history of at most this many rows is planned in one
+	// piece (it takes a fraction of a second); a larger one in pieces of
+	// whole months, newest first. Default DefaultPieceRows.
+	PieceRows int64
 }
 
 // KeyRanges cuts the key space of Table.Column into contiguous ranges of

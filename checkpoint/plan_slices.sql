@@ -16,9 +16,9 @@
 --     the last piece).
 -- $1: the run; $2: the run's largest slice id so far; $3: the scale.
 WITH piece AS (
-    SELECT p.workspace_id, p.from_ts, p.to_ts, p.est_rows, p.read_from,
-           sum(p.est_rows) OVER (PARTITION BY p.workspace_id) AS ws_piece,
-           sum(p.est_rows) OVER (PARTITION BY p.from_ts, p.to_ts) AS window_rows
+    SELECT p.shard AS workspace_id, p.lo AS from_ts, p.hi AS to_ts, p.est_rows, p.read_from,
+           sum(p.est_rows) OVER (PARTITION BY p.shard) AS ws_piece,
+           sum(p.est_rows) OVER (PARTITION BY p.lo, p.hi) AS window_rows
     FROM _PLAN_ p
 ), stored AS (
     INSERT INTO _SCHEMA_.slice (run_id, id, workspace_id, from_ts, to_ts, est_rows, read_from, ws_rows, window_rows)
@@ -31,7 +31,7 @@ WITH piece AS (
     RETURNING est_rows
 ), totals AS (
     INSERT INTO _SCHEMA_.plan_workspace AS w (run_id, workspace_id, rows)
-    SELECT $1, workspace_id, sum(est_rows) FROM _PLAN_ GROUP BY workspace_id
+    SELECT $1, shard, sum(est_rows) FROM _PLAN_ GROUP BY shard
     ON CONFLICT (run_id, workspace_id) DO UPDATE SET rows = w.rows + excluded.rows
 )
 SELECT count(*), coalesce(sum(est_rows), 0)::bigint FROM stored

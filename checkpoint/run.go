@@ -92,25 +92,9 @@ func (s *Store) GetRun(ctx context.Context, id int64) (*Run, error) {
 
 // PlanSpec describes how to plan a new run.
 type PlanSpec struct {
-	// SourceSQL lists the slices: columns workspace_id, from_ts, to_ts,
-	// est_rows, read_from (see schema.sql); its parameters are $1 the
-	// piece's lower time bound (RangeFrom, or -infinity, for the oldest
-	// piece), $2 MaxSliceRows and $3 the piece's upper bound, exclusive
-	// (infinity for the newest piece).
-	SourceSQL string
-	// BoundsSQL finds where planning in pieces starts and stops: from $1
-	// (RangeFrom, or -infinity) it returns the UTC month starts of the
-	// oldest and newest raw rows, NULL when there are none, and the number
-	// of raw rows counted up to $2 + 1, and an estimate of all raw rows.
-	// Empty: the run is planned in one piece.
-	BoundsSQL string
-	// PieceRows: a history of at most this many raw rows is planned in
-	// one piece (it takes a fraction of a second); a larger one in pieces
-	// of whole months, newest first. Default 200 000.
-	PieceRows int64
 	// RangeFrom is the lower time bound; nil = all history.
 	RangeFrom *time.Time
-	// MaxSliceRows is SourceSQL's $2: most raw rows per window.
+	// MaxSliceRows is the most rows per window of a plan by months.
 	MaxSliceRows int64
 	// LogicVersion identifies the slice SQL the run is planned for.
 	LogicVersion string
@@ -126,20 +110,11 @@ type PlanSpec struct {
 	// none): a role's or database's own would kill planning, and waiting
 	// for another process's planning, on a big history.
 	Timeout time.Duration
-	// Pieces plans the run's slices. Nil: the rollup's months, planned by
-	// SourceSQL and BoundsSQL ([MonthPieces]).
+	// Pieces plans the run's slices.
 	Pieces Pieces
 	// Params are the job's parameters as given (normalised text, nil for
 	// NULL), kept with the run so that status shows what it runs.
 	Params map[string]*string
-}
-
-// pieces is how the run of spec is planned.
-func (spec PlanSpec) pieces() Pieces {
-	if spec.Pieces != nil {
-		return spec.Pieces
-	}
-	return MonthPieces{SourceSQL: spec.SourceSQL, BoundsSQL: spec.BoundsSQL, PieceRows: spec.PieceRows}
 }
 
 // TimeoutSQL sets statement_timeout for the rest of the transaction to
@@ -238,7 +213,10 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 	if err != nil {
 		return nil, err
 	}
-	pieces := spec.pieces()
+	pieces := spec.Pieces
+	if pieces == nil {
+		return nil, fmt.Errorf("plan run: the job says nothing of how to plan it")
+	}
 	if err := pieces.begin(ctx, s, tx, id, spec); err != nil {
 		return nil, err
 	}
@@ -250,7 +228,7 @@ func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error
 
 // begin finds where planning in pieces of months starts and stops.
 func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, spec PlanSpec) error {
-	if m.BoundsSQL == "" {
+	if m.Bounds == nil {
 		return nil
 	}
 	var floor, top *time.Time
@@ -259,7 +237,8 @@ func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, s
 	if pieceRows <= 0 {
 		pieceRows = DefaultPieceRows
 	}
-	if err := tx.QueryRow(ctx, m.BoundsSQL, LowerBound(spec.RangeFrom), pieceRows).Scan(&floor, &top, &rows, &estimate); err != nil {
+	sql, args := m.Bounds(LowerBound(spec.RangeFrom), pieceRows)
+	if err := tx.QueryRow(ctx, sql, args...).Scan(&floor, &top, &rows, &estimate); err != nil {
 		return fmt.Errorf("plan bounds: %w", err)
 	}
 	if rows > pieceRows && floor != nil && top != nil {
@@ -378,7 +357,6 @@ func (s *Store) planNext(ctx context.Context, tx pgx.Tx, runID int64, pieces Pie
 // rollup rows of no raw row, are planned with it). It reports whether the
 // run is now fully planned.
 func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64) (bool, error) {
-	sourceSQL := m.SourceSQL
 	var (
 		cursor              pgtype.Timestamptz
 		top, floor, rangeTo *time.Time
@@ -448,7 +426,8 @@ func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64)
 	if err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec(ctx, `CREATE `+list.create+` AS `+sourceSQL, from, *maxRows, to); err != nil {
+	planSQL, args := m.Plan(from, to, *maxRows)
+	if _, err := tx.Exec(ctx, `CREATE `+list.create+` AS `+planSQL, args...); err != nil {
 		return false, fmt.Errorf("plan slices: %w", err)
 	}
 	var lastID, slices, rows int64

@@ -12,9 +12,9 @@ import (
 // timeouts are, in the control record and in the registry: never as none.
 func TestSleepStoredRoundedUp(t *testing.T) {
 	t.Parallel()
-	_, store, pid := claimSetup(t)
+	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	d := 500 * time.Microsecond
 	ctl, err := store.SetLimits(ctx, run.ID, checkpoint.Limits{SleepBetweenSlices: &d}, "tester")
 	if err != nil {
@@ -42,7 +42,7 @@ func TestETAUsesThePaceInForceAndSaysHeld(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	// Half the slices done since the process started: a torrent of rows
 	// per second.
 	done := func() {
@@ -96,7 +96,7 @@ func TestNoETAFromTheFirstTinySlices(t *testing.T) {
 	t.Parallel()
 	pool, store, pid := claimSetup(t)
 	ctx := context.Background()
-	run := newRun(t, store)
+	run := newRun(t, pool, store)
 	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
 		State: checkpoint.ProcessWorking}); err != nil {
 		t.Fatal(err)

@@ -151,7 +151,7 @@ type Config struct {
 	// to the application_name of the pool's connections (the CLI sets
 	// "shardfill" unless the URL sets one); with none, the blocked signal
 	// is turned off with a warning. Health.Tables defaults to
-	// throttle.DefaultTables. Default: every signal off.
+	// the job's tables. Default: every signal off.
 	Health throttle.Config
 	// HealthExplicit marks the signals the operator set explicitly (a CLI
 	// sets it from the flags on the command line): one of them that this
@@ -190,9 +190,6 @@ func (c Config) WithDefaults() Config {
 	setZero(&c.Owner, defaultOwner())
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	if c.Health.Enabled(throttle.Vacuum) && len(c.Health.Tables) == 0 {
-		c.Health.Tables = append([]string(nil), throttle.DefaultTables...)
 	}
 	return c
 }
@@ -287,9 +284,6 @@ func (c Config) healthInvalid() error {
 	h := c.Health
 	if h.ApplicationName == "" {
 		h.ApplicationName = throttle.DefaultApplicationName
-	}
-	if h.Enabled(throttle.Vacuum) && len(h.Tables) == 0 {
-		h.Tables = throttle.DefaultTables
 	}
 	return h.Validate()
 }

@@ -14,14 +14,14 @@ import (
 	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // gatedJob holds every batch gateHold on the server until the gate
 // opens, so a run lasts as long as the test needs it to.
 type gatedJob struct {
-	job.Hourly
+	*sqljob.Batched
 	open atomic.Bool
 }
 
@@ -31,7 +31,7 @@ func (g *gatedJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 	if !g.open.Load() {
 		tx.Queue(`SELECT pg_sleep($1)`, gateHold.Seconds())
 	}
-	g.Hourly.Queue(tx, batch, written)
+	g.Batched.Queue(tx, batch, written)
 }
 
 // TestRealCronHandOver is SLOW (one to two minutes: it waits for pg_cron's
@@ -113,7 +113,7 @@ func TestRealCronHandOver(t *testing.T) {
 		}
 	}
 
-	gate := &gatedJob{}
+	gate := &gatedJob{Batched: testenv.Rollup(t, testenv.Pool(t, url))}
 	running := make(chan int64, 1)
 	e := testenv.Engine(t, url, gate, engine.Config{Concurrency: 1, BatchSlices: 1, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.RunStarted {

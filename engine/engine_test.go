@@ -20,6 +20,7 @@ import (
 	"github.com/shardfill/shardfill/internal/testenv"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -35,7 +36,7 @@ func run(t *testing.T, e *engine.Engine) *engine.Result {
 
 func watermark(t *testing.T, q job.Querier) time.Time {
 	t.Helper()
-	at, err := new(job.Hourly).Watermark(context.Background(), q)
+	at, err := fixture.Watermark(context.Background(), q)
 	if err != nil || at == nil {
 		t.Fatalf("watermark: %v %v", at, err)
 	}
@@ -112,7 +113,7 @@ func TestDeadlineWhileThrottledInterrupts(t *testing.T) {
 	if _, err := e.Run(ctx); !errors.Is(err, engine.ErrInterrupted) {
 		t.Fatalf("run ended with %v, want an interruption", err)
 	}
-	got, err := checkpoint.New(testenv.Pool(t, url), "shardfill", job.CronLockKey).LatestRun(context.Background())
+	got, err := checkpoint.New(testenv.Pool(t, url), "shardfill", fixture.AppLockKey).LatestRun(context.Background())
 	if err != nil || got == nil || got.State != checkpoint.StateInterrupted {
 		t.Fatalf("run stored as %+v (%v), want %s", got, err, checkpoint.StateInterrupted)
 	}
@@ -237,7 +238,7 @@ func TestCancelThenResume(t *testing.T) {
 	if got := watermark(t, pool); !got.Equal(epoch) {
 		t.Fatalf("watermark stamped by an interrupted run: %s", got)
 	}
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	c, err := store.Counts(context.Background(), res.Run.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +366,7 @@ func TestCronLockHeldOnlyWhileWorking(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT workspace_id::text FROM task_usage_hourly LIMIT 1`).Scan(&ws); err != nil {
 		t.Fatal(err)
 	}
-	_, err := testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
+	_, err := testenv.Engine(t, url, &testenv.FailingJob{Batched: testenv.Rollup(t, testenv.Pool(t, url)), Workspace: ws}, engine.Config{NewRun: true}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) || failed.Failed == 0 {
 		t.Fatalf("want FailedError, got %v", err)
@@ -398,12 +399,12 @@ func TestFailedSlicesThenRetry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
+	res, err := testenv.Engine(t, url, &testenv.FailingJob{Batched: testenv.Rollup(t, testenv.Pool(t, url)), Workspace: ws}, engine.Config{MaxAttempts: 3}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)
 	}
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	st, err := store.Status(context.Background(), mustRun(t, store, res.Run.ID))
 	if err != nil {
 		t.Fatal(err)
@@ -618,7 +619,7 @@ func BenchmarkRun(b *testing.B) {
 				b.Fatal(err)
 			}
 			cfg := engine.Config{Concurrency: conc, NewRun: true, Logger: testenv.Quiet}
-			e, err := engine.New(pool, "shardfill", new(job.Hourly), &cfg)
+			e, err := engine.New(pool, "shardfill", testenv.Rollup(b, pool), &cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -636,7 +637,7 @@ func BenchmarkRun(b *testing.B) {
 // stallJob blocks in Queue for the first batch of several slices until
 // released, so a test can take part of that batch over meanwhile.
 type stallJob struct {
-	job.Hourly
+	*sqljob.Batched
 	once     *sync.Once
 	stalled  chan shard.Batch
 	released chan struct{}
@@ -651,7 +652,7 @@ func (s *stallJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 			<-s.released
 		}
 	}
-	s.Hourly.Queue(b, w, written)
+	s.Batched.Queue(b, w, written)
 }
 
 // A worker whose batch was partly taken over (its lease ran out while it
@@ -661,7 +662,7 @@ func TestPartlyTakenOverBatchIsHandedBack(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	j := &stallJob{once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
+	j := &stallJob{Batched: testenv.Rollup(t, pool), once: &sync.Once{}, stalled: make(chan shard.Batch, 1), released: make(chan struct{})}
 	var lost atomic.Int64
 	e := testenv.Engine(t, url, j, engine.Config{Concurrency: 2, Lease: time.Hour, BatchRows: 400, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceLost {
@@ -716,7 +717,7 @@ func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	res := run(t, testenv.Engine(t, url, nil, engine.Config{}))
 	mustExec(t, pool, `UPDATE shardfill.run SET state = 'running'`) // as a kill -9 mid-run leaves it
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	st, err := store.Status(context.Background(), mustRun(t, store, res.Run.ID))
 	if err != nil || st.State != checkpoint.StateInterrupted {
 		t.Fatalf("status state %q (%v), want interrupted", st.State, err)
@@ -735,7 +736,7 @@ func TestStatusReportsKilledRunAsInterrupted(t *testing.T) {
 	if _, err := holder.Exec(context.Background(), `BEGIN`); err != nil {
 		t.Fatal(err)
 	}
-	other := checkpoint.New(pool, "other_schema", job.CronLockKey)
+	other := checkpoint.New(pool, "other_schema", fixture.AppLockKey)
 	if err := other.Join(context.Background(), holder); err != nil {
 		t.Fatal(err)
 	}

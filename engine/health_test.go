@@ -16,15 +16,15 @@ import (
 
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 	"github.com/shardfill/shardfill/throttle"
 )
 
 // lockingJob holds the first batch of workspace ws open for hold after
 // its writes, with the rollup rows it replaced row-locked, and says when.
 type lockingJob struct {
-	job.Hourly
+	*sqljob.Batched
 	ws      string
 	hold    time.Duration
 	once    sync.Once
@@ -32,7 +32,7 @@ type lockingJob struct {
 }
 
 func (l *lockingJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
-	l.Hourly.Queue(tx, batch, written)
+	l.Batched.Queue(tx, batch, written)
 	for _, s := range batch.Slices {
 		if s.Workspace != l.ws {
 			continue
@@ -70,7 +70,7 @@ func TestBlockedSessionBacksOff(t *testing.T) {
 	q.Set("application_name", prefix)
 	u.RawQuery = q.Encode()
 
-	j := &lockingJob{ws: ws, hold: 8 * time.Second, started: make(chan struct{})}
+	j := &lockingJob{Batched: testenv.Rollup(t, testenv.Pool(t, dbURL)), ws: ws, hold: 8 * time.Second, started: make(chan struct{})}
 	var mu sync.Mutex
 	var decisions []throttle.Decision
 	var done atomic.Int64
@@ -179,7 +179,8 @@ func TestInvalidHealthNamesNoFakeFlag(t *testing.T) {
 	t.Parallel()
 	cfg := engine.DefaultConfig()
 	cfg.Health.HoldOnVacuum = "sometimes"
-	_, err := engine.New(nil, "shardfill", new(job.Hourly), &cfg)
+	pool := testenv.Pool(t, testenv.DB(t, nil))
+	_, err := engine.New(pool, "shardfill", testenv.Rollup(t, pool), &cfg)
 	var ce *engine.ConfigError
 	if !errors.As(err, &ce) {
 		t.Fatalf("New: %v, want a ConfigError", err)

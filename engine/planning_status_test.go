@@ -8,8 +8,8 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 )
 
 // While a run is planned piece by piece the operator learns how big it is
@@ -55,7 +55,7 @@ func TestPlanningStatusGrowsAndEnds(t *testing.T) {
 	case err := <-ended:
 		t.Fatalf("run ended before its first piece was done: %v", err)
 	}
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	st, err := store.Status(ctx, joined)
 	if err != nil {
 		t.Fatal(err)

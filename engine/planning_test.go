@@ -17,7 +17,6 @@ import (
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 )
 
 // months is a history long enough for several planning pieces (the
@@ -85,8 +84,10 @@ func sliceKeys(t *testing.T, pool *pgxpool.Pool, runID int64) map[string]bool {
 // sliceKeys does.
 func onePass(t *testing.T, pool *pgxpool.Pool, maxRows int64) map[string]bool {
 	t.Helper()
-	rows, err := pool.Query(context.Background(), `SELECT format('%s %s %s %s %s', workspace_id, from_ts, to_ts, est_rows, read_from)
-		FROM (`+new(job.Hourly).PlanSQL()+`) p`, "-infinity", maxRows, "infinity")
+	plan := testenv.Rollup(t, pool).Pieces(0).(checkpoint.MonthPieces).Plan
+	planSQL, args := plan(checkpoint.LowerBound(nil), checkpoint.UpperBound(), maxRows)
+	rows, err := pool.Query(context.Background(), `SELECT format('%s %s %s %s %s', shard, lo, hi, est_rows, read_from)
+		FROM (`+planSQL+`) p`, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +236,7 @@ func TestWorkStartsBeforePlanningEnds(t *testing.T) {
 		(SELECT NOT planning_done FROM shardfill.run)`).Scan(&doneSlices, &planning); err != nil {
 		t.Fatal(err)
 	}
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	latest, err := store.LatestRun(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +341,7 @@ func TestPiecesWithSeveralProcesses(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+			store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 			latest, err := store.LatestRun(context.Background())
 			if err != nil || latest.ID != 1 || latest.State != checkpoint.StateDone {
 				t.Fatalf("latest run %+v, %v: want run 1 done", latest, err)

@@ -6,8 +6,8 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 )
 
 // started_at is when work started: null for a run only planned, set once a
@@ -18,7 +18,7 @@ func TestStartedAtAndPaceOfAStillRun(t *testing.T) {
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	status := func() *checkpoint.Status {
 		t.Helper()
 		latest, err := store.LatestRun(ctx)

@@ -11,20 +11,21 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // slowJob makes every batch take at least 50 ms on the server, so a run
 // lasts long enough for another process to act beside it.
-type slowJob struct{ job.Hourly }
+type slowJob struct{ *sqljob.Batched }
 
 func (s *slowJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 	tx.Queue(`SELECT pg_sleep(0.05)`)
-	s.Hourly.Queue(tx, batch, written)
+	s.Batched.Queue(tx, batch, written)
 }
 
 // startSlowRun starts a slow one-slice-per-batch run on url in the
@@ -35,7 +36,7 @@ func startSlowRun(t *testing.T, url string) <-chan error {
 	var done atomic.Int64
 	working := make(chan struct{})
 	var once sync.Once
-	e := testenv.Engine(t, url, &slowJob{}, engine.Config{Concurrency: 1, BatchSlices: 1, OnEvent: func(ev engine.Event) {
+	e := testenv.Engine(t, url, &slowJob{testenv.Rollup(t, testenv.Pool(t, url))}, engine.Config{Concurrency: 1, BatchSlices: 1, OnEvent: func(ev engine.Event) {
 		if ev.Kind == engine.SliceDone && done.Add(1) == 3 {
 			once.Do(func() { close(working) })
 		}
@@ -95,7 +96,7 @@ func TestSecondSchemaAndRepairRefusedBesideALiveRun(t *testing.T) {
 	url := testenv.DB(t, &testenv.Small)
 	first := startSlowRun(t, url)
 
-	other, err := engine.New(testenv.Pool(t, url), "second_schema", new(job.Hourly), &engine.Config{Logger: testenv.Quiet})
+	other, err := engine.New(testenv.Pool(t, url), "second_schema", testenv.Rollup(t, testenv.Pool(t, url)), &engine.Config{Logger: testenv.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,12 +121,12 @@ func TestSecondSchemaAndRepairRefusedBesideALiveRun(t *testing.T) {
 func TestLongSchemaNameRefused(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, nil)
-	_, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 64), new(job.Hourly), nil)
+	_, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 64), testenv.Rollup(t, testenv.Pool(t, url)), nil)
 	var cfgErr *engine.ConfigError
 	if !errors.As(err, &cfgErr) {
 		t.Fatalf("a 64-byte schema name: %v, want a refusal", err)
 	}
-	if _, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 63), new(job.Hourly), nil); err != nil {
+	if _, err := engine.New(testenv.Pool(t, url), strings.Repeat("s", 63), testenv.Rollup(t, testenv.Pool(t, url)), nil); err != nil {
 		t.Fatalf("a 63-byte schema name: %v", err)
 	}
 }
@@ -170,12 +171,17 @@ func TestOnlyTheStamperStampsAndNobodyCriesWolf(t *testing.T) {
 
 // slowPlanJob's planning takes a minute: long enough for a test to lose
 // the lock connection in the middle of it.
-type slowPlanJob struct{ job.Hourly }
+type slowPlanJob struct{ *sqljob.Batched }
 
 // Pieces plans the rollup's months, each piece's query slowed by a minute.
 func (s *slowPlanJob) Pieces(pieceRows int64) checkpoint.Pieces {
-	return checkpoint.MonthPieces{SourceSQL: `SELECT p.* FROM (` + s.Hourly.PlanSQL() + `) p CROSS JOIN (SELECT pg_sleep(60)) s`,
-		BoundsSQL: s.Hourly.PlanBoundsSQL(), PieceRows: pieceRows}
+	m := s.Batched.Pieces(pieceRows).(checkpoint.MonthPieces)
+	plan := m.Plan
+	m.Plan = func(from, to pgtype.Timestamptz, sliceRows int64) (string, []any) {
+		sql, args := plan(from, to, sliceRows)
+		return `SELECT p.* FROM (` + sql + `) p CROSS JOIN (SELECT pg_sleep(60)) s`, args
+	}
+	return m
 }
 
 // The lock connection is watched from the moment the lock is taken, during
@@ -185,7 +191,7 @@ func TestLockWatchedDuringPlanning(t *testing.T) {
 	t.Parallel()
 	url := testenv.DB(t, &testenv.Small)
 	pool := testenv.Pool(t, url)
-	e := testenv.Engine(t, url, &slowPlanJob{}, engine.Config{})
+	e := testenv.Engine(t, url, &slowPlanJob{testenv.Rollup(t, pool)}, engine.Config{})
 	end := make(chan error, 1)
 	go func() {
 		_, err := e.Run(context.Background())

@@ -19,6 +19,8 @@ type Verifier interface {
 	Extent(ctx context.Context, q job.Querier) (first, last *time.Time, err error)
 	Verify(ctx context.Context, q job.Querier, from, to time.Time) ([]job.Mismatch, error)
 	Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error)
+	// Verifies reports whether the job has a verify query at all.
+	Verifies() bool
 }
 
 // VerifyResult lists the (workspace, month) pairs whose rollup differs from
@@ -37,7 +39,7 @@ type VerifyResult struct {
 // under the cron lock and checks them again.
 func (e *Engine) Verify(ctx context.Context, repair bool) (*VerifyResult, error) {
 	v, ok := e.job.(Verifier)
-	if !ok {
+	if !ok || !v.Verifies() {
 		return nil, fmt.Errorf("this job cannot verify its output")
 	}
 	check := e.noteReadOnly

@@ -10,8 +10,8 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
+	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/throttle"
 )
 
@@ -65,7 +65,7 @@ func TestYieldingProcessStaysSteerable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(fixture.AppLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	held := true
@@ -75,7 +75,7 @@ func TestYieldingProcessStaysSteerable(t *testing.T) {
 		}
 	}()
 
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	latest, err := store.LatestRun(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestYieldingProcessStaysSteerable(t *testing.T) {
 	queued := func(pid int) bool {
 		var waiting bool
 		err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND pid = $2 AND NOT granted)`,
-			int64(job.CronLockKey), pid).Scan(&waiting)
+			int64(fixture.AppLockKey), pid).Scan(&waiting)
 		return err == nil && waiting
 	}
 	var st *checkpoint.Status

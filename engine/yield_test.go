@@ -14,7 +14,6 @@ import (
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 )
 
 // slowRun makes a run of testenv.Small last a few seconds: long enough for
@@ -144,7 +143,7 @@ func startCronWatch(t *testing.T, url string) *cronWatch {
 		defer try.Close(ctx)
 		for !w.stopped.Load() {
 			var got bool
-			if err := try.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(job.CronLockKey)).Scan(&got); err != nil {
+			if err := try.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(fixture.AppLockKey)).Scan(&got); err != nil {
 				t.Errorf("try-lock: %v", err)
 				return
 			}
@@ -312,7 +311,7 @@ func TestSessionLockPausesRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(fixture.AppLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
@@ -320,7 +319,7 @@ func TestSessionLockPausesRun(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond) // a slice that committed as the lock was granted reports
 	paused := p.done.Load()
-	store := checkpoint.New(pool, "shardfill", job.CronLockKey)
+	store := checkpoint.New(pool, "shardfill", fixture.AppLockKey)
 	latest, err := store.LatestRun(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +341,7 @@ func TestSessionLockPausesRun(t *testing.T) {
 		t.Fatalf("the run ended while the session lock was held: %v", err)
 	default:
 	}
-	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(fixture.AppLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	select {

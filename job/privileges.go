@@ -56,24 +56,3 @@ func CheckPrivileges(ctx context.Context, q Querier, job string, needs []Need) e
 	}
 	return &MissingPrivilegeError{Job: job, Role: role, Grants: grants}
 }
-
-// Needs are the privileges the rollup's statements need: it reads the raw
-// rows, replaces rollup rows, drains the dirty keys its slices cover
-// (locking them first) and stamps the watermark. UPDATE and DELETE read
-// the columns of their WHERE clauses, hence SELECT beside them.
-func (*Hourly) Needs() []Need {
-	var out []Need
-	for _, t := range []string{"agent", "issue", "agent_task_queue", "task_usage"} {
-		out = append(out, Need{"SELECT", t})
-	}
-	for _, p := range []string{"SELECT", "INSERT", "DELETE"} {
-		out = append(out, Need{p, "task_usage_hourly"})
-	}
-	for _, p := range []string{"SELECT", "UPDATE"} {
-		out = append(out, Need{p, "task_usage_hourly_rollup_state"})
-	}
-	for _, p := range []string{"SELECT", "UPDATE", "DELETE"} {
-		out = append(out, Need{p, "task_usage_hourly_dirty"})
-	}
-	return out
-}

@@ -264,3 +264,21 @@ func canonical(s string) string {
 func isSpaceRune(r rune) bool {
 	return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\f' || r == '\v'
 }
+
+// Verb is the first keyword of a statement, upper case, comments skipped
+// ("INSERT", "UPDATE", "SET", "WITH", ...).
+func Verb(sql string) string {
+	f := strings.Fields(canonical(sql))
+	if len(f) == 0 {
+		return ""
+	}
+	w := f[0]
+	if i := strings.IndexAny(w, "(;"); i >= 0 {
+		w = w[:i]
+	}
+	return strings.ToUpper(w)
+}
+
+// Code is a statement's code alone: comments dropped, whitespace outside
+// quotes collapsed (what the version hashes).
+func Code(sql string) string { return canonical(sql) }

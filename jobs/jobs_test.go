@@ -29,13 +29,20 @@ func TestEveryJobParses(t *testing.T) {
 		if f.Name != name {
 			t.Errorf("%s: job name %q, want the file's name %q", p, f.Name, name)
 		}
-		if f.Description == "" || f.Verify == nil || f.Remaining == nil || f.DryRun == nil || f.Lock == nil {
-			t.Errorf("%s: a shipped job has a description, a lock, verify, remaining and dry-run", p)
+		if f.Description == "" || f.Verify == nil || f.Lock == nil {
+			t.Errorf("%s: a shipped job has a description, a lock and verify", p)
+		}
+		if len(f.Batches) == 0 && (f.Remaining == nil || f.DryRun == nil) {
+			t.Errorf("%s: a shipped job with a slice section has remaining and dry-run", p)
 		}
 		// Every statement compiles in every scope.
+		facts := map[string]bool{}
+		for _, fact := range f.Facts {
+			facts[strings.TrimPrefix(fact.Name, "fact ")] = len(facts)%2 == 0
+		}
 		for _, l := range f.All() {
 			for _, sc := range []jobfile.Scope{{}, {Whole: true}, {LoOpen: true}, {HiOpen: true}, {LoOpen: true, HiOpen: true}} {
-				c, err := f.Compile(l.Statement, "uuid", "uuid", sc)
+				c, err := f.CompileFacts(l.Statement, "uuid", "uuid", sc, facts)
 				if err != nil {
 					t.Errorf("%s: section %s %+v: %v", p, l.Section, sc, err)
 					continue

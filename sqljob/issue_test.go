@@ -37,14 +37,14 @@ func shipped(t testing.TB, name string) *jobfile.File {
 	return f
 }
 
-// open binds a job file to the database at url.
-func open(t testing.TB, url string, f *jobfile.File, params map[string]string) *sqljob.Job {
+// open binds a job file to the database at url, as the engine runs it.
+func open(t testing.TB, url string, f *jobfile.File, params map[string]string) engine.Job {
 	t.Helper()
 	j, err := sqljob.Open(context.Background(), testenv.Pool(t, url), f, params)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return j
+	return j.Engine().(engine.Job)
 }
 
 // issueDB is a database with n issues to seed, and the values the job

@@ -18,9 +18,22 @@ import (
 // without running it, so a missing table, column or function is reported
 // with the file, section and line. PREPARE checks no privilege: the
 // engine checks Needs before a run.
-func (j *Job) Preflight(ctx context.Context, _ job.Querier) error {
+//
+// Before that the check query lists everything the database lacks, all at
+// once, and the facts are asked: the statements are compiled with the
+// answers from here on.
+func (j *Job) Preflight(ctx context.Context, q job.Querier) error {
+	if err := j.missing(ctx, q); err != nil {
+		return err
+	}
+	if err := j.askFacts(ctx, q); err != nil {
+		return err
+	}
+	if err := j.compile(); err != nil {
+		return err
+	}
 	for _, l := range j.f.All() {
-		c, err := j.f.Compile(l.Statement, j.keyType, j.shardType, scopeOf(l.Section))
+		c, err := j.f.CompileFacts(l.Statement, j.keyType, j.shardType, scopeOf(l.Section), j.facts)
 		if err != nil {
 			return err
 		}
@@ -34,8 +47,8 @@ func (j *Job) Preflight(ctx context.Context, _ job.Querier) error {
 // scopeOf is how a section's statements are compiled for checking: the
 // slice's as for a slice bounded at both ends.
 func scopeOf(section string) jobfile.Scope {
-	switch section {
-	case "slice", "then", "remaining":
+	switch strings.Fields(section)[0] {
+	case "slice", "then", "remaining", "batch":
 		return jobfile.Scope{}
 	}
 	return jobfile.Scope{Whole: true}
@@ -47,8 +60,22 @@ func scopeOf(section string) jobfile.Scope {
 // catalog lookup.
 var (
 	writeRe = regexp.MustCompile(`(?i)\b(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)`)
-	readRe  = regexp.MustCompile(`(?i)\b(?:FROM|JOIN|USING)\s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)`)
+	readRe  = regexp.MustCompile(`(?i)\b(?:FROM|JOIN|USING)\s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)(?:\s+(?:AS\s+)?(\w+))?`)
+	// A row-locking clause: FOR UPDATE (or NO KEY UPDATE, SHARE, KEY
+	// SHARE) [OF alias, ...]. Locking a row needs UPDATE on its table.
+	lockingRe = regexp.MustCompile(`(?i)\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b(?:\s+OF\s+(\w+(?:\s*,\s*\w+)*))?`)
 )
+
+// cteRe finds the names a WITH clause defines, which are no tables.
+var cteRe = regexp.MustCompile(`(?i)(?:\bWITH(?:\s+RECURSIVE)?|,)\s+(\w+)\s*(?:\([^()]*\))?\s+AS\s+(?:NOT\s+)?(?:MATERIALIZED\s+)?\(`)
+
+// sqlWords are keywords that may follow a table name where an alias
+// could stand, or follow FROM where no table does.
+var sqlWords = map[string]bool{"where": true, "join": true, "on": true, "using": true, "left": true, "right": true,
+	"inner": true, "full": true, "cross": true, "group": true, "order": true, "limit": true, "for": true,
+	"set": true, "returning": true, "with": true, "union": true, "natural": true, "lateral": true, "offset": true,
+	"window": true, "having": true, "except": true, "intersect": true, "tablesample": true,
+	"of": true, "skip": true, "nowait": true, "only": true, "select": true, "values": true, "unnest": true}
 
 // Needs lists the privileges the job's statements need (see the package
 // function Needs).
@@ -60,8 +87,12 @@ func (j *Job) Needs() []job.Need { return Needs(j.f) }
 func Needs(f *jobfile.File) []job.Need {
 	seen := map[job.Need]bool{}
 	var out []job.Need
+	var ctes map[string]bool
 	add := func(priv, table string) {
 		n := job.Need{Privilege: priv, Table: strings.ToLower(table)}
+		if sqlWords[n.Table] || ctes[n.Table] || strings.HasPrefix(n.Table, "pg_") || strings.HasPrefix(n.Table, "pg_catalog.") {
+			return
+		}
 		if !seen[n] {
 			seen[n] = true
 			out = append(out, n)
@@ -71,15 +102,48 @@ func Needs(f *jobfile.File) []job.Need {
 		add("SELECT", f.Split.Table)
 	}
 	for _, l := range f.All() {
-		sql := l.Statement.SQL
-		for _, m := range writeRe.FindAllStringSubmatch(sql, -1) {
+		sql := jobfile.Code(l.Statement.SQL)
+		ctes = map[string]bool{}
+		for _, m := range cteRe.FindAllStringSubmatch(sql, -1) {
+			ctes[strings.ToLower(m[1])] = true
+		}
+		for _, at := range writeRe.FindAllStringSubmatchIndex(sql, -1) {
+			m := []string{sql[at[0]:at[1]], sql[at[2]:at[3]], sql[at[4]:at[5]]}
+			if before := strings.Fields(strings.ToUpper(sql[:at[0]])); len(before) > 0 && (before[len(before)-1] == "FOR" || before[len(before)-1] == "KEY") {
+				continue // a row-locking clause, not a write
+			}
 			priv := strings.ToUpper(strings.Fields(m[1])[0])
 			add(priv, m[2])
 			// An UPDATE or DELETE with a WHERE reads its target too.
 			add("SELECT", m[2])
 		}
-		for _, m := range readRe.FindAllStringSubmatch(sql, -1) {
+		aliases := map[string]string{}
+		for _, at := range readRe.FindAllStringSubmatchIndex(sql, -1) {
+			if at[0] > 0 && sql[at[0]-1] == '@' {
+				continue // a parameter such as @from
+			}
+			m := []string{sql[at[0]:at[1]], sql[at[2]:at[3]], ""}
+			if at[4] >= 0 {
+				m[2] = sql[at[4]:at[5]]
+			}
 			add("SELECT", m[1])
+			aliases[strings.ToLower(m[1])] = m[1]
+			if a := strings.ToLower(m[2]); a != "" && !sqlWords[a] {
+				aliases[a] = m[1]
+			}
+		}
+		for _, m := range lockingRe.FindAllStringSubmatch(sql, -1) {
+			if m[1] == "" { // every table the query reads
+				for _, t := range aliases {
+					add("UPDATE", t)
+				}
+				continue
+			}
+			for _, a := range strings.Split(m[1], ",") {
+				if t, ok := aliases[strings.ToLower(strings.TrimSpace(a))]; ok {
+					add("UPDATE", t)
+				}
+			}
 		}
 	}
 	slices.SortFunc(out, func(a, b job.Need) int { return strings.Compare(a.Table+" "+a.Privilege, b.Table+" "+b.Privilege) })

@@ -39,6 +39,11 @@ type Job struct {
 	// it changed (RETURNING, the key first), so each pass starts after the
 	// last key the one before changed instead of at the slice's start.
 	keyset bool
+	// facts are the answers to the file's facts: false until Preflight
+	// asks the database (a fact not confirmed does not hold).
+	facts map[string]bool
+	// batches are the batch forms by path, compiled with the facts.
+	batches map[string][]jobfile.Compiled
 }
 
 // returning finds a RETURNING clause.
@@ -70,7 +75,10 @@ func Open(ctx context.Context, db *pgxpool.Pool, f *jobfile.File, params map[str
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{f: f, db: db, values: values}
+	j := &Job{f: f, db: db, values: values, facts: map[string]bool{}}
+	for _, sec := range f.Facts {
+		j.facts[strings.TrimPrefix(sec.Name, "fact ")] = false
+	}
 	if err := j.bindLock(ctx); err != nil {
 		return nil, err
 	}
@@ -186,6 +194,17 @@ func (j *Job) planTypes(ctx context.Context) error {
 	if t, ok := types["shard"]; ok {
 		j.hasShard, j.shardType = true, jobfile.Type(t)
 	}
+	if j.f.PlanMonths {
+		// Its slices are kept as (shard, time window), the model batches
+		// and window claims are built on.
+		want := map[string]string{"shard": "uuid", "lo": "timestamp with time zone", "read_from": "timestamp with time zone"}
+		for _, col := range []string{"shard", "lo", "read_from"} {
+			if types[col] != want[col] {
+				return j.fileErr("plan", st.Line, "a plan by months returns shard uuid, lo and hi timestamptz, est_rows and read_from timestamptz (its %s is %q)", col, types[col])
+			}
+		}
+		j.keyType = jobfile.Timestamptz
+	}
 	return nil
 }
 
@@ -253,7 +272,7 @@ func (j *Job) compile() error {
 				continue
 			}
 			for _, st := range part.sec.Statements {
-				c, err := j.f.Compile(st, j.keyType, j.shardType, sc)
+				c, err := j.f.CompileFacts(st, j.keyType, j.shardType, sc, j.facts)
 				if err != nil {
 					return err
 				}
@@ -261,7 +280,7 @@ func (j *Job) compile() error {
 			}
 		}
 	}
-	return nil
+	return j.compileBatches()
 }
 
 // args binds c's names for slice sl (nil: the whole job).
@@ -309,7 +328,10 @@ func (j *Job) File() *jobfile.File { return j.f }
 
 // Pieces cuts the split column's key space into ranges, or runs the
 // job's plan.
-func (j *Job) Pieces(int64) checkpoint.Pieces {
+func (j *Job) Pieces(pieceRows int64) checkpoint.Pieces {
+	if j.f.PlanMonths {
+		return j.monthPieces(pieceRows)
+	}
 	if s := j.f.Split; s != nil {
 		k := checkpoint.KeyRanges{Table: s.Table, Column: s.Column, Type: string(j.keyType), Rows: s.Rows}
 		if s.Where != "" {
@@ -329,7 +351,7 @@ func (j *Job) Pieces(int64) checkpoint.Pieces {
 // is done when remaining finds nothing left of it; otherwise rows it must
 // change were locked by other sessions (SKIP LOCKED passed them over), and
 // it is handed back for later.
-func (j *Job) RunSlice(ctx context.Context, tx pgx.Tx, sl shard.Slice) (checkpoint.Verdict, int64, error) {
+func (j *Sliced) RunSlice(ctx context.Context, tx pgx.Tx, sl shard.Slice) (checkpoint.Verdict, int64, error) {
 	sc := jobfile.Scope{LoOpen: sl.Lo == nil, HiOpen: sl.Hi == nil}
 	var rows int64
 	at := sl // the range a pass covers: with a keyset, from the last key changed on
@@ -396,9 +418,12 @@ func (j *Job) count(ctx context.Context, q job.Querier, c jobfile.Compiled, sl *
 
 // Stamp runs the finish statements, once, in the fenced transaction that
 // closes the run.
-func (j *Job) Stamp(ctx context.Context, tx job.Querier, _ time.Time, _ *time.Time) (bool, error) {
+func (j *Job) Stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error) {
 	if j.f.Finish == nil {
 		return true, nil
+	}
+	if j.f.PlanMonths {
+		return j.stamp(ctx, tx, at, from)
 	}
 	for _, st := range j.f.Finish.Statements {
 		c, err := j.f.Compile(st, j.keyType, j.shardType, jobfile.Scope{Whole: true})

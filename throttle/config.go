@@ -54,9 +54,6 @@ func ParseVacuumHold(s string) (VacuumHold, error) {
 	return "", fmt.Errorf("want off, wraparound or all, got %q", s)
 }
 
-// DefaultTables are the tables shardfill writes, whose vacuum holds it.
-var DefaultTables = []string{"task_usage_hourly"}
-
 // Config says which signals a [Monitor] reads and where each turns red.
 // Unlike engine.Config, a zero threshold means the signal is off (as the
 // flags have it: --max-replica-lag 0 turns replica lag off), so start from
@@ -97,8 +94,9 @@ type Config struct {
 	// HoldAfterRed turns a signal that has stayed red this long into a
 	// hold. Default DefaultHoldAfterRed.
 	HoldAfterRed time.Duration
-	// Tables are the tables shardfill writes (names as to_regclass reads
-	// them), whose vacuum holds it. Default DefaultTables.
+	// Tables are the tables the job writes (names as to_regclass reads
+	// them), whose vacuum holds it; the engine gives the job's. None: no
+	// vacuum holds.
 	Tables []string
 	// ApplicationName is the application_name prefix of shardfill's own
 	// backends, the lock holders the blocked signal looks at and the
@@ -117,7 +115,6 @@ func DefaultConfig() Config {
 		ThrottleQueryTimeout: DefaultThrottleQueryTimeout,
 		PollInterval:         DefaultPollInterval,
 		HoldAfterRed:         DefaultHoldAfterRed,
-		Tables:               append([]string(nil), DefaultTables...),
 		ApplicationName:      DefaultApplicationName,
 	}
 }
@@ -144,8 +141,6 @@ func (c Config) Validate() error {
 		return errors.New("max blocked needs the application_name of shardfill's backends")
 	case c.HoldOnVacuum != "" && c.HoldOnVacuum != VacuumOff && c.HoldOnVacuum != VacuumWraparound && c.HoldOnVacuum != VacuumAll:
 		return fmt.Errorf("hold on vacuum must be off, wraparound or all, got %q", c.HoldOnVacuum)
-	case c.Enabled(Vacuum) && len(c.Tables) == 0:
-		return errors.New("hold on vacuum needs the tables shardfill writes")
 	}
 	return nil
 }

@@ -9,11 +9,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
-	"github.com/shardfill/shardfill/job"
 )
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -117,11 +115,14 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 	if err != nil {
 		return err
 	}
-	var rollupRows int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM task_usage_hourly`).Scan(&rollupRows); err != nil {
+	rollupRows, err := fixture.RollupRows(ctx, pool)
+	if err != nil {
 		return err
 	}
-	store := checkpoint.New(pool, g.schema, job.CronLockKey)
+	store, err := g.runs(ctx, pool)
+	if err != nil {
+		return err
+	}
 	run, err := store.LatestRun(ctx)
 	if err != nil {
 		return err
@@ -130,7 +131,7 @@ func runDemo(ctx context.Context, g *globals, gen fixture.Config, cfg engine.Con
 	if err != nil {
 		return err
 	}
-	watermark, err := new(job.Hourly).Watermark(ctx, pool)
+	watermark, err := fixture.Watermark(ctx, pool)
 	if err != nil {
 		return err
 	}
@@ -169,7 +170,11 @@ func demoRun(ctx context.Context, g *globals, cfg engine.Config, stopAt float64)
 		return err
 	}
 	defer pool.Close()
-	stop := p.start(ctx, checkpoint.New(pool, g.schema, job.CronLockKey))
+	store, err := g.runs(ctx, pool)
+	if err != nil {
+		return err
+	}
+	stop := p.start(ctx, store)
 	res, err := e.Run(ctx)
 	stop()
 	if res != nil && !res.NothingToDo {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
-	"github.com/shardfill/shardfill/job"
 
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
@@ -269,8 +268,9 @@ func TestDatabaseStatementTimeoutSparesPlanning(t *testing.T) {
 	// Planning this history must take longer than the timeout, or the test
 	// proves nothing.
 	started := time.Now()
-	if _, err := pool.Exec(ctx, `SELECT count(*) FROM (`+new(job.Hourly).PlanSQL()+`) p`,
-		checkpoint.LowerBound(nil), int64(engine.DefaultMaxSliceRows), checkpoint.UpperBound()); err != nil {
+	plan := testenv.Rollup(t, pool).Pieces(0).(checkpoint.MonthPieces).Plan
+	planSQL, planArgs := plan(checkpoint.LowerBound(nil), checkpoint.UpperBound(), int64(engine.DefaultMaxSliceRows))
+	if _, err := pool.Exec(ctx, `SELECT count(*) FROM (`+planSQL+`) p`, planArgs...); err != nil {
 		t.Fatal(err)
 	}
 	// The timeout is a fraction of what the plan query took here, so that

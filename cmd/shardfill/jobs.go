@@ -19,10 +19,12 @@ import (
 )
 
 var (
-	_ engine.Job         = (*sqljob.Job)(nil)
-	_ engine.SliceRunner = (*sqljob.Job)(nil)
-	_ engine.Job         = (*job.Hourly)(nil)
-	_ engine.Queuer      = (*job.Hourly)(nil)
+	_ engine.Job         = (*sqljob.Sliced)(nil)
+	_ engine.SliceRunner = (*sqljob.Sliced)(nil)
+	_ engine.Job         = (*sqljob.Batched)(nil)
+	_ engine.Queuer      = (*sqljob.Batched)(nil)
+	_ engine.Ranged      = (*sqljob.Batched)(nil)
+	_ engine.Verifier    = (*sqljob.Batched)(nil)
 )
 
 // jobFlags are --job and --param, which every command that works on runs
@@ -38,15 +40,14 @@ func addJobFlags(cmd *cobra.Command, jf *jobFlags) {
 	fs.StringArrayVar(&jf.params, "param", nil, "a job parameter, name=value (repeat for several)")
 }
 
-// file reads the job file --job names, or nil for the built-in rollup.
+// file reads the job file --job names (a shipped job, the rollup by
+// default, or a path).
 func (jf *jobFlags) file() (*jobfile.File, error) {
-	if jf.name == "" || jf.name == checkpoint.DefaultJob {
-		if len(jf.params) > 0 {
-			return nil, usageError{fmt.Errorf("--param: job %s takes no parameters", checkpoint.DefaultJob)}
-		}
-		return nil, nil
+	name := jf.name
+	if name == "" {
+		name = checkpoint.DefaultJob
 	}
-	if path, src, ok := jobs.Source(jf.name); ok {
+	if path, src, ok := jobs.Source(name); ok {
 		return jobfile.Parse(path, src)
 	}
 	if _, err := os.Stat(jf.name); err != nil {
@@ -74,22 +75,26 @@ func (jf *jobFlags) given() (map[string]string, error) {
 // load binds the job --job names to pool.
 func (jf *jobFlags) load(ctx context.Context, pool *pgxpool.Pool) (engine.Job, error) {
 	f, err := jf.file()
-	if err != nil || f == nil {
-		return new(job.Hourly), err
+	if err != nil {
+		return nil, err
 	}
 	given, err := jf.given()
 	if err != nil {
 		return nil, err
 	}
-	return sqljob.Open(ctx, pool, f, given)
+	j, err := sqljob.Open(ctx, pool, f, given)
+	if err != nil {
+		return nil, err
+	}
+	return j.Engine().(engine.Job), nil
 }
 
 // runs is the checkpoint store of the runs of the job --job names, for
 // the commands that read and steer them (no parameters needed).
 func (g *globals) runs(ctx context.Context, pool *pgxpool.Pool) (*checkpoint.Store, error) {
 	f, err := g.job.file()
-	if err != nil || f == nil {
-		return checkpoint.New(pool, g.schema, job.CronLockKey), err
+	if err != nil {
+		return nil, err
 	}
 	l, err := sqljob.LockOf(ctx, pool, f)
 	if err != nil {
@@ -113,14 +118,17 @@ func newJobsCmd(g *globals) *cobra.Command {
 		Short: "List the shipped jobs",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			printf(g.out, "%-22s %s\n", checkpoint.DefaultJob, "the hourly rollup of task_usage (built in; the default)")
 			for _, name := range jobs.Names() {
 				path, src, _ := jobs.Source(name)
 				f, err := jobfile.Parse(path, src)
 				if err != nil {
 					return err
 				}
-				printf(g.out, "%-22s %s\n", name, f.Description)
+				desc := f.Description
+				if name == checkpoint.DefaultJob {
+					desc = "(the default) " + desc
+				}
+				printf(g.out, "%-22s %s\n", name, desc)
 			}
 			return nil
 		},

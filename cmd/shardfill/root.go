@@ -249,9 +249,9 @@ func (g *globals) newEngine(ctx context.Context, cfg engine.Config) (*engine.Eng
 	return g.newEngineFor(ctx, cfg, nil)
 }
 
-// newEngineFor is newEngine for job j (verify wraps the hourly one); nil:
-// the job --job names.
-func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, j engine.Job) (*engine.Engine, *pgxpool.Pool, error) {
+// newEngineFor is newEngine for the job --job names, as wrap returns it
+// (nil: as it is; verify paces its months).
+func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, wrap func(engine.Job) (engine.Job, error)) (*engine.Engine, *pgxpool.Pool, error) {
 	if _, err := g.job.file(); err != nil {
 		return nil, nil, err // a mistake in the file needs no database
 	}
@@ -261,11 +261,13 @@ func (g *globals) newEngineFor(ctx context.Context, cfg engine.Config, j engine.
 	if err != nil {
 		return nil, nil, err
 	}
-	if j == nil {
-		if j, err = g.job.load(ctx, pool); err != nil {
-			pool.Close()
-			return nil, nil, err
-		}
+	j, err := g.job.load(ctx, pool)
+	if err == nil && wrap != nil {
+		j, err = wrap(j)
+	}
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
 	}
 	cfg.Logger = g.log
 	e, err := engine.New(pool, g.schema, j, &cfg)

@@ -112,7 +112,7 @@ against one database at once: they share the run.`,
 				printf(g.out, "run %d already done: watermark %s stamped by another process at %s\n", res.Run.ID,
 					res.Run.WatermarkTarget.UTC().Format(time.RFC3339), res.Outcome.StampedAt.UTC().Format(time.RFC3339))
 			case res.Outcome.State == checkpoint.StateDone:
-				printf(g.out, "run %d done, but the watermark was NOT stamped: task_usage_hourly_rollup_state has no row\n", res.Run.ID)
+				printf(g.out, "run %d done, but the watermark was NOT stamped: the finish's UPDATE changed no row (is the watermark's state row missing?)\n", res.Run.ID)
 			default:
 				printf(g.out, "run %d: this process found no more work; %d slices are still held by other processes\n",
 					res.Run.ID, res.Outcome.Counts.Unfinished())

@@ -377,7 +377,7 @@ func TestFailuresGroupedAndStatusCheck(t *testing.T) {
 	}
 	var logs testenv.Output
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
-	_, err = testenv.Engine(t, url, &testenv.FailingJob{Workspace: ws}, engine.Config{MaxAttempts: 1, Logger: logger}).Run(context.Background())
+	_, err = testenv.Engine(t, url, &testenv.FailingJob{Batched: testenv.Rollup(t, testenv.Pool(t, url)), Workspace: ws}, engine.Config{MaxAttempts: 1, Logger: logger}).Run(context.Background())
 	var failed *engine.FailedError
 	if !errors.As(err, &failed) {
 		t.Fatalf("want FailedError, got %v", err)

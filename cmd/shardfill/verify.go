@@ -12,17 +12,19 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
 	"github.com/shardfill/shardfill/sqljob"
 )
 
-// pacedVerify is the hourly job whose per-month comparison waits for a
-// rate limiter and logs each month it checked: verify's --rate and its
-// progress, without a change to the engine's loop.
+// pacedVerify is a job verified month by month whose comparison waits
+// for a rate limiter and logs each month it checked: verify's --rate and
+// its progress, without a change to the engine's loop.
 type pacedVerify struct {
-	*job.Hourly
+	engine.Job
+	v       engine.Verifier
 	limiter *rate.Limiter // nil: no limit
 	log     *slog.Logger
 
@@ -35,7 +37,7 @@ type pacedVerify struct {
 
 // Extent notes the last month the first pass will check.
 func (p *pacedVerify) Extent(ctx context.Context, q job.Querier) (first, last *time.Time, err error) {
-	first, last, err = p.Hourly.Extent(ctx, q)
+	first, last, err = p.v.Extent(ctx, q)
 	if err == nil && last != nil {
 		p.last = shard.MonthStart(*last)
 	}
@@ -49,7 +51,7 @@ func (p *pacedVerify) Verify(ctx context.Context, q job.Querier, from, to time.T
 			return nil, err
 		}
 	}
-	got, err := p.Hourly.Verify(ctx, q, from, to)
+	got, err := p.v.Verify(ctx, q, from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +73,19 @@ func (p *pacedVerify) Verify(ctx context.Context, q job.Querier, from, to time.T
 	return got, nil
 }
 
+// Apply mends a slice as the job does.
+func (p *pacedVerify) Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error) {
+	return p.v.Apply(ctx, tx, s)
+}
+
+// Verifies is the job's.
+func (p *pacedVerify) Verifies() bool { return p.v.Verifies() }
+
+// HasRowsBefore is the job's, which verify's --months-back asks.
+func (p *pacedVerify) HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error) {
+	return p.Job.(engine.Ranged).HasRowsBefore(ctx, q, at)
+}
+
 // monthsBetween counts the whole months from a to b (both month starts).
 func monthsBetween(a, b time.Time) int {
 	return (b.Year()-a.Year())*12 + int(b.Month()) - int(a.Month())
@@ -80,7 +95,7 @@ func monthsBetween(a, b time.Time) int {
 type errMismatch struct{ n int }
 
 func (e errMismatch) Error() string {
-	return fmt.Sprintf("%d (workspace, month) pairs differ from the raw rows; `shardfill verify --repair` re-runs them", e.n)
+	return fmt.Sprintf("%d (shard, month) pairs differ from what the job's verify expects; `shardfill verify --repair` re-runs them", e.n)
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -90,20 +105,23 @@ func newVerifyCmd(g *globals) *cobra.Command {
 	cfg.Concurrency = 1
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Compare task_usage_hourly with the aggregate of the raw rows",
-		Long: `Recomputes the expected rollup from task_usage month by month and lists
-every (workspace, month) whose rows differ (wrong, missing or extra).
---repair re-runs those slices under the cron lock. Exit code 0 means no
-mismatch (after repair, if asked).`,
+		Short: "Check a job's output: by default, task_usage_hourly against the aggregate of the raw rows",
+		Long: `Runs the job's verify query. For a job planned by months (the default
+rollup) it recomputes the expected output month by month and lists every
+(workspace, month) whose rows differ (wrong, missing or extra); --repair
+re-runs those slices under the job's lock. For other jobs it lists what
+their verify query returns and counts what their remaining query finds.
+Exit code 0 means no mismatch (after repair, if asked).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if f, err := g.job.file(); err != nil || f != nil {
-				if err == nil && repair {
-					err = usageError{fmt.Errorf("--repair: job %s re-runs with `shardfill run --job %s --new-run` (its slices change nothing twice)", f.Name, g.job.name)}
-				}
-				if err != nil {
-					return err
+			f, err := g.job.file()
+			if err != nil {
+				return err
+			}
+			if !f.PlanMonths || f.Verify == nil {
+				if repair {
+					return usageError{fmt.Errorf("--repair: job %s re-runs with `shardfill run --job %s --new-run` (its slices change nothing twice)", f.Name, g.job.name)}
 				}
 				return verifyFile(ctx, g, asJSON)
 			}
@@ -113,11 +131,14 @@ mismatch (after repair, if asked).`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			paced := &pacedVerify{Hourly: new(job.Hourly), log: g.log}
+			paced := &pacedVerify{log: g.log}
 			if monthsPerSecond > 0 {
 				paced.limiter = rate.NewLimiter(rate.Limit(monthsPerSecond), 1)
 			}
-			e, pool, err := g.newEngineFor(ctx, cfg, paced)
+			e, pool, err := g.newEngineFor(ctx, cfg, func(j engine.Job) (engine.Job, error) {
+				paced.Job, paced.v = j, j.(engine.Verifier)
+				return paced, nil
+			})
 			if err != nil {
 				return err
 			}
@@ -182,7 +203,7 @@ func verifyFile(ctx context.Context, g *globals, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	fj := j.(*sqljob.Job)
+	fj, _ := sqljob.Of(j)
 	if err := fj.Preflight(ctx, pool); err != nil {
 		return err
 	}

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 )
 
 // While the run yields lock 4246 to an application transaction, the
@@ -59,7 +59,7 @@ func TestMetricsAndSetDuringYield(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(job.CronLockKey)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(fixture.AppLockKey)); err != nil {
 		t.Fatal(err)
 	}
 	held := time.Now()

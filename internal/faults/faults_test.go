@@ -391,7 +391,7 @@ func TestStalledWorkerCannotCommitAfterTakeover(t *testing.T) {
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(unblock)
 	var first atomic.Bool
-	jobA := &hookJob{hook: func(_ *pgx.Batch, w shard.Batch) {
+	jobA := &hookJob{Batched: testenv.Rollup(t, pool), hook: func(_ *pgx.Batch, w shard.Batch) {
 		if first.CompareAndSwap(false, true) {
 			stalled <- w.Slices[0]
 			<-release // the stall: a GC pause, a frozen VM, a slow network
@@ -544,7 +544,7 @@ func TestInjectedErrors(t *testing.T) {
 	var mu sync.Mutex
 	injected := map[int64]string{}
 	tries := map[int64]int{}
-	j := &hookJob{hook: func(b *pgx.Batch, w shard.Batch) {
+	j := &hookJob{Batched: testenv.Rollup(t, pool), hook: func(b *pgx.Batch, w shard.Batch) {
 		if w.Slices[0].Workspace == badWS { // BatchSlices: 1
 			return
 		}

@@ -21,8 +21,8 @@ import (
 	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // tiny is a history small enough that a slow slice trigger still lets a
@@ -322,7 +322,7 @@ CREATE TRIGGER fault_stamp AFTER UPDATE ON task_usage_hourly_rollup_state FOR EA
 func instrument(t *testing.T, pool *pgxpool.Pool, sleep time.Duration) {
 	t.Helper()
 	ctx := context.Background()
-	if err := checkpoint.New(pool, "shardfill", job.CronLockKey).Migrate(ctx); err != nil {
+	if err := checkpoint.New(pool, "shardfill", fixture.AppLockKey).Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, pool, faultSQL)
@@ -399,7 +399,7 @@ func requireNotStamped(t *testing.T, pool *pgxpool.Pool) {
 	if n := qint(t, pool, `SELECT count(*) FROM stamp_log`); n != 0 {
 		t.Fatalf("watermark stamped %d times by a run that did not finish", n)
 	}
-	wm, err := new(job.Hourly).Watermark(context.Background(), pool)
+	wm, err := fixture.Watermark(context.Background(), pool)
 	if err != nil || wm == nil || !wm.Equal(epoch) {
 		t.Fatalf("watermark %v (%v), want untouched", wm, err)
 	}
@@ -407,10 +407,10 @@ func requireNotStamped(t *testing.T, pool *pgxpool.Pool) {
 
 // ---- in-process engines -----------------------------------------------------
 
-// hookJob is job.Hourly with a hook called before each batch's statements
+// hookJob is the rollup with a hook called before each batch's statements
 // are queued: it may queue a fault of its own, or stall.
 type hookJob struct {
-	job.Hourly
+	*sqljob.Batched
 	hook func(b *pgx.Batch, w shard.Batch)
 }
 
@@ -418,7 +418,7 @@ func (h *hookJob) Queue(b *pgx.Batch, w shard.Batch, written *int64) {
 	if h.hook != nil {
 		h.hook(b, w)
 	}
-	h.Hourly.Queue(b, w, written)
+	h.Batched.Queue(b, w, written)
 }
 
 // events records engine events, safe for concurrent use.

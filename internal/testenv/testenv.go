@@ -19,8 +19,8 @@ import (
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgtest"
-	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
 // Small is a history with every edge case that loads in well under a second.
@@ -125,7 +125,7 @@ func tryCronLockOnce(t testing.TB, url string) bool {
 	}
 	defer tx.Rollback(ctx)
 	var got bool
-	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(job.CronLockKey)).Scan(&got); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(fixture.AppLockKey)).Scan(&got); err != nil {
 		t.Fatal(err)
 	}
 	return got
@@ -143,10 +143,11 @@ func Engine(t testing.TB, url string, j engine.Job, cfg engine.Config) *engine.E
 	if cfg.Logger == nil {
 		cfg.Logger = Quiet
 	}
+	pool := Pool(t, url)
 	if j == nil {
-		j = new(job.Hourly)
+		j = Rollup(t, pool)
 	}
-	e, err := engine.New(Pool(t, url), "shardfill", j, &cfg)
+	e, err := engine.New(pool, "shardfill", j, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func (o *Output) String() string {
 // Workspace fails, permanently, with one error: the engine must narrow the
 // failure down to that workspace's slices.
 type FailingJob struct {
-	job.Hourly
+	*sqljob.Batched
 	Workspace string
 }
 
@@ -186,5 +187,15 @@ func (f *FailingJob) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 		tx.Queue(`SELECT no_such_column FROM task_usage LIMIT 1`)
 		return
 	}
-	f.Hourly.Queue(tx, batch, written)
+	f.Batched.Queue(tx, batch, written)
+}
+
+// Rollup opens the default job, the rollup of task_usage_hourly, on pool.
+func Rollup(t testing.TB, pool *pgxpool.Pool) *sqljob.Batched {
+	t.Helper()
+	j, err := sqljob.Default(context.Background(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }

@@ -1,4 +1,4 @@
-package job_test
+package sqljob_test
 
 import (
 	"context"
@@ -12,20 +12,21 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/internal/fixture"
-	"github.com/shardfill/shardfill/internal/pgtest"
 	"github.com/shardfill/shardfill/internal/testenv"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
+	"github.com/shardfill/shardfill/sqljob"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
-
-// plan lists the slices of the whole history with at most maxRows per slice.
-func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
+// plan lists the rollup's slices of the whole history with at most
+// maxRows per slice, as one piece.
+func plan(t *testing.T, pool *pgxpool.Pool, maxRows int64) []shard.Slice {
 	t.Helper()
-	rows, err := q.Query(context.Background(), `SELECT workspace_id::text, from_ts, to_ts, est_rows, read_from FROM (`+
-		new(job.Hourly).PlanSQL()+`) s ORDER BY 1, 2`, "-infinity", maxRows, "infinity")
+	planSQL, args := testenv.Rollup(t, pool).Pieces(0).(checkpoint.MonthPieces).Plan(checkpoint.LowerBound(nil), checkpoint.UpperBound(), maxRows)
+	rows, err := pool.Query(context.Background(), `SELECT shard::text, lo, hi, est_rows, read_from FROM (`+
+		planSQL+`) s ORDER BY 1, 2`, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,9 +47,9 @@ func plan(t *testing.T, q job.Querier, maxRows int64) []shard.Slice {
 
 // preflighted is a job that has read what the database guarantees, as the
 // engine's is before it queues a batch.
-func preflighted(t *testing.T, pool *pgxpool.Pool) *job.Hourly {
+func preflighted(t *testing.T, pool *pgxpool.Pool) *sqljob.Batched {
 	t.Helper()
-	h := new(job.Hourly)
+	h := testenv.Rollup(t, pool)
 	if err := h.Preflight(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func batchOf(t *testing.T, slices []shard.Slice, timePath bool) shard.Batch {
 
 // apply replaces the buckets of one batch of slices with h's statements,
 // forcing the time path or the workspace path.
-func apply(t *testing.T, pool *pgxpool.Pool, h *job.Hourly, slices []shard.Slice, timePath bool) {
+func apply(t *testing.T, pool *pgxpool.Pool, h *sqljob.Batched, slices []shard.Slice, timePath bool) {
 	t.Helper()
 	ctx := context.Background()
 	b := batchOf(t, slices, timePath)
@@ -96,7 +97,7 @@ func TestBothAccessPathsMatchOracle(t *testing.T) {
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
 	slices := plan(t, pool, 200)
-	for _, h := range []*job.Hourly{new(job.Hourly), preflighted(t, pool)} {
+	for _, h := range []*sqljob.Batched{testenv.Rollup(t, pool), preflighted(t, pool)} {
 		for _, path := range []string{"workspace", "time"} {
 			for _, s := range slices {
 				apply(t, pool, h, []shard.Slice{s}, path == "time")
@@ -111,7 +112,7 @@ func TestBothAccessPathsMatchOracle(t *testing.T) {
 
 // countsRows reports whether h's batch statements count tasks as rows
 // rather than with DISTINCT, on both access paths.
-func countsRows(t *testing.T, h *job.Hourly, s shard.Slice) bool {
+func countsRows(t *testing.T, h *sqljob.Batched, s shard.Slice) bool {
 	t.Helper()
 	var rows, distinct int
 	for _, timePath := range []bool{false, true} {
@@ -150,7 +151,7 @@ func TestTaskCountFollowsUsageKey(t *testing.T) {
 	if !countsRows(t, preflighted(t, pool), planned[0]) {
 		t.Fatal("the multica unique key (task_id, provider, model) should let tasks be counted as rows")
 	}
-	if countsRows(t, new(job.Hourly), planned[0]) {
+	if countsRows(t, testenv.Rollup(t, pool), planned[0]) {
 		t.Fatal("a job that has not read the catalog must count distinct tasks")
 	}
 	// A key column that may be NULL repeats (NULLs are distinct to it).
@@ -280,13 +281,13 @@ func TestPreflight(t *testing.T) {
 	url := testenv.DB(t, nil)
 	pool := testenv.Pool(t, url)
 	ctx := context.Background()
-	if err := new(job.Hourly).Preflight(ctx, pool); err != nil {
+	if err := testenv.Rollup(t, pool).Preflight(ctx, pool); err != nil {
 		t.Fatalf("complete schema refused: %v", err)
 	}
 	if _, err := pool.Exec(ctx, `DROP TABLE task_usage_hourly_rollup_state; DROP FUNCTION task_usage_hour_bucket(timestamptz) CASCADE`); err != nil {
 		t.Fatal(err)
 	}
-	err := new(job.Hourly).Preflight(ctx, pool)
+	err := testenv.Rollup(t, pool).Preflight(ctx, pool)
 	var missing *job.MissingError
 	if !errors.As(err, &missing) || len(missing.Missing) < 2 {
 		t.Fatalf("want both missing pieces named, got %v", err)
