@@ -12,6 +12,8 @@ import (
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/jobfile"
+	"github.com/shardfill/shardfill/shard"
+	"strconv"
 )
 
 // Preflight prepares every statement of the file against the database
@@ -154,6 +156,9 @@ func Needs(f *jobfile.File) []job.Need {
 func (j *Job) Preview(ctx context.Context, tx pgx.Tx, opts job.PreviewOpts) (job.Preview, error) {
 	var p job.Preview
 	var err error
+	if j.f.PlanMonths {
+		return j.previewMonths(ctx, tx, opts)
+	}
 	if s := j.f.Split; s != nil {
 		sql, args := j.Pieces(0).(checkpoint.KeyRanges).CountSQL()
 		if err := tx.QueryRow(ctx, sql, args...).Scan(&p.Rows); err != nil {
@@ -166,6 +171,32 @@ func (j *Job) Preview(ctx context.Context, tx pgx.Tx, opts job.PreviewOpts) (job
 		if err != nil {
 			return p, j.statementErr("plan", c, err)
 		}
+	}
+	p.Summary, err = j.Table(ctx, tx, j.f.DryRun)
+	return p, err
+}
+
+// previewMonths lists a month-planned job's slices in one pass over the
+// whole range: a run plans the same slices piece by piece (a month's
+// windows depend on its days only). The totals ride along on the largest
+// slices as window aggregates (computed before the LIMIT).
+func (j *Job) previewMonths(ctx context.Context, tx pgx.Tx, opts job.PreviewOpts) (job.Preview, error) {
+	var p job.Preview
+	plan, args := j.monthPieces(0).Plan(checkpoint.LowerBound(opts.RangeFrom), checkpoint.UpperBound(), opts.MaxSliceRows)
+	args = append(args, opts.Largest)
+	rows, err := tx.Query(ctx, `SELECT shard::text, lo, hi, est_rows,
+		count(*) OVER (), sum(est_rows) OVER ()::bigint FROM (`+plan+`) src
+		ORDER BY est_rows DESC, shard, lo LIMIT $`+strconv.Itoa(len(args)), args...)
+	if err != nil {
+		return p, err
+	}
+	p.Largest, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard.Slice, error) {
+		var s shard.Slice
+		err := r.Scan(&s.Workspace, &s.From, &s.To, &s.EstRows, &p.Slices, &p.Rows)
+		return s, err
+	})
+	if err != nil {
+		return p, err
 	}
 	p.Summary, err = j.Table(ctx, tx, j.f.DryRun)
 	return p, err
