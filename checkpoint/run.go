@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"encoding/json"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
@@ -205,11 +206,21 @@ func (s *Store) reopen(ctx context.Context, tx pgx.Tx, run *Run) error {
 // before any row is read.
 func (s *Store) plan(ctx context.Context, tx pgx.Tx, spec PlanSpec) (*Run, error) {
 	var id int64
+	// The parameters travel as JSON text: a transaction pooler's
+	// connections send arguments without the statement's types.
+	var params *string
+	if len(spec.Params) > 0 {
+		b, err := json.Marshal(spec.Params)
+		if err != nil {
+			return nil, err
+		}
+		params = new(string(b))
+	}
 	err := tx.QueryRow(ctx, s.q(`
 		INSERT INTO _SCHEMA_.run (state, watermark_target, range_from, logic_version,
 		                          planning_done, plan_cursor, plan_max_rows, job, params)
-		VALUES ('running', now() - interval '5 minutes', $1, $2, false, 'infinity', $3, $4, $5)
-		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows, s.job, spec.Params).Scan(&id)
+		VALUES ('running', now() - interval '5 minutes', $1, $2, false, 'infinity', $3, $4, $5::jsonb)
+		RETURNING id`), spec.RangeFrom, spec.LogicVersion, spec.MaxSliceRows, s.job, params).Scan(&id)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/time/rate"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/shardfill/shardfill/engine"
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/shard"
@@ -23,8 +22,7 @@ import (
 // for a rate limiter and logs each month it checked: verify's --rate and
 // its progress, without a change to the engine's loop.
 type pacedVerify struct {
-	engine.Job
-	v       engine.Verifier
+	*sqljob.Batched
 	limiter *rate.Limiter // nil: no limit
 	log     *slog.Logger
 
@@ -37,7 +35,7 @@ type pacedVerify struct {
 
 // Extent notes the last month the first pass will check.
 func (p *pacedVerify) Extent(ctx context.Context, q job.Querier) (first, last *time.Time, err error) {
-	first, last, err = p.v.Extent(ctx, q)
+	first, last, err = p.Batched.Extent(ctx, q)
 	if err == nil && last != nil {
 		p.last = shard.MonthStart(*last)
 	}
@@ -51,7 +49,7 @@ func (p *pacedVerify) Verify(ctx context.Context, q job.Querier, from, to time.T
 			return nil, err
 		}
 	}
-	got, err := p.v.Verify(ctx, q, from, to)
+	got, err := p.Batched.Verify(ctx, q, from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -71,19 +69,6 @@ func (p *pacedVerify) Verify(ctx context.Context, q job.Querier, from, to time.T
 	p.log.Info("verified month", "month", from.UTC().Format("2006-01"), "done", p.done, "of", p.total,
 		"mismatches", p.mismatches, "elapsed", time.Since(p.started).Round(time.Millisecond).String())
 	return got, nil
-}
-
-// Apply mends a slice as the job does.
-func (p *pacedVerify) Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, error) {
-	return p.v.Apply(ctx, tx, s)
-}
-
-// Verifies is the job's.
-func (p *pacedVerify) Verifies() bool { return p.v.Verifies() }
-
-// HasRowsBefore is the job's, which verify's --months-back asks.
-func (p *pacedVerify) HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error) {
-	return p.Job.(engine.Ranged).HasRowsBefore(ctx, q, at)
 }
 
 // monthsBetween counts the whole months from a to b (both month starts).
@@ -136,7 +121,11 @@ Exit code 0 means no mismatch (after repair, if asked).`,
 				paced.limiter = rate.NewLimiter(rate.Limit(monthsPerSecond), 1)
 			}
 			e, pool, err := g.newEngineFor(ctx, cfg, func(j engine.Job) (engine.Job, error) {
-				paced.Job, paced.v = j, j.(engine.Verifier)
+				b, ok := j.(*sqljob.Batched)
+				if !ok {
+					return nil, fmt.Errorf("job %s is not verified month by month", j.Name())
+				}
+				paced.Batched = b
 				return paced, nil
 			})
 			if err != nil {
