@@ -8,8 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/shard"

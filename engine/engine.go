@@ -16,12 +16,13 @@ import (
 	"github.com/shardfill/shardfill/throttle"
 )
 
-// Job is what the engine asks of the backfill it drives: job.Hourly (the
-// rollup) and sqljob.Job (a job file) are the implementations. Every
+// Job is what the engine asks of the backfill it drives: a job file bound
+// to the database (package sqljob) is the implementation. Every
 // statement on the job's own tables is the job's: the engine only
 // schedules, checkpoints and retries. A job does its slices' work one of
-// two ways: a [Queuer] sends a batch's statements in one round trip, a
-// [SliceRunner] runs one slice's statements in turn.
+// two ways: a [Queuer] sends a batch's statements in one round trip (the
+// rollup's batch forms), a [SliceRunner] runs one slice's statements in
+// turn.
 type Job interface {
 	// Name names the job's runs in the checkpoint tables.
 	Name() string
@@ -153,7 +154,7 @@ func New(db *pgxpool.Pool, schema string, j Job, cfg *Config) (*Engine, error) {
 		return nil, fmt.Errorf("job %s neither queues nor runs slices", j.Name())
 	}
 	if _, ranged := j.(Ranged); !ranged && (c.MonthsBack != 0 || c.MonthsBackGiven) {
-		return nil, &ConfigError{fmt.Sprintf("{MonthsBack} applies to the rollup's history; job %s is sliced by its own ranges", j.Name())}
+		return nil, &ConfigError{fmt.Sprintf("{MonthsBack} applies to a job planned by months; job %s is sliced by its own ranges", j.Name())}
 	}
 	l := j.Lock()
 	store := checkpoint.NewJob(db, schema, j.Name(), l.Key, l.Fence).Writes(j.Tables())

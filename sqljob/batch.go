@@ -99,19 +99,20 @@ func (b *Batched) Queue(tx *pgx.Batch, batch shard.Batch, written *int64) {
 		*written += ct.RowsAffected()
 		return nil
 	}
-	for _, c := range b.batches[pathOf(batch)] {
-		q := tx.Queue(c.SQL, b.bind(c, names)...)
-		if writes(c.SQL) {
+	for _, st := range b.batches[pathOf(batch)] {
+		q := tx.Queue(st.SQL, b.bind(st.Compiled, names)...)
+		if st.writes {
 			q.Exec(count)
 		}
 	}
 }
 
-// writes reports whether a statement's rows affected are rows it wrote
-// (INSERT or UPDATE; a DELETE only clears the way).
-func writes(sql string) bool {
-	v := jobfile.Verb(sql)
-	return v == "INSERT" || v == "UPDATE"
+// batchStatement is a compiled statement of a batch form, and whether
+// the rows it affects are rows it wrote (INSERT or UPDATE; a DELETE only
+// clears the way).
+type batchStatement struct {
+	jobfile.Compiled
+	writes bool
 }
 
 // bind binds c's names: the engine's from names, the rest the job's
@@ -237,19 +238,20 @@ func (j *Job) stamp(ctx context.Context, tx job.Querier, at time.Time, from *tim
 
 // compileBatches compiles every batch form for every path, with the facts.
 func (j *Job) compileBatches() error {
-	j.batches = map[string][]jobfile.Compiled{}
+	j.batches = map[string][]batchStatement{}
 	for _, path := range jobfile.BatchPaths {
 		sec := j.f.Batch(path)
 		if sec == nil {
 			continue
 		}
-		var out []jobfile.Compiled
+		var out []batchStatement
 		for _, st := range sec.Statements {
 			c, err := j.f.CompileFacts(st, jobfile.Timestamptz, j.shardType, jobfile.Scope{}, j.facts)
 			if err != nil {
 				return err
 			}
-			out = append(out, c)
+			verb := jobfile.Verb(c.SQL)
+			out = append(out, batchStatement{c, verb == "INSERT" || verb == "UPDATE"})
 		}
 		j.batches[path] = out
 	}

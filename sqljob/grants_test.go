@@ -1,7 +1,9 @@
 package sqljob_test
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -69,5 +71,52 @@ func TestRollupNeeds(t *testing.T) {
 		"SELECT task_usage_hourly_rollup_state", "UPDATE task_usage_hourly_rollup_state"}
 	if strings.Join(got, ", ") != strings.Join(want, ", ") {
 		t.Fatalf("needs:\n got %v\nwant %v", got, want)
+	}
+}
+
+// No Go package outside the tests, the fixture and the benchmarks names
+// a table the shipped jobs touch: every statement on them lives in a job
+// file. (Names without an underscore, such as issue, are ordinary words
+// and are not looked for.)
+func TestNoPackageNamesATargetTable(t *testing.T) {
+	tables := map[string]bool{}
+	for _, name := range jobs.Names() {
+		path, src, _ := jobs.Source(name)
+		f, err := jobfile.Parse(path, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range sqljob.Needs(f) {
+			if strings.Contains(n.Table, "_") {
+				tables[n.Table] = true
+			}
+		}
+	}
+	if !tables["task_usage_hourly"] || !tables["agent_task_queue"] {
+		t.Fatalf("the shipped jobs' tables were not found: %v", tables)
+	}
+	err := filepath.WalkDir("..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "internal" || d.Name() == "bench" || strings.HasPrefix(d.Name(), ".")) && path != ".." {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for table := range tables {
+			if strings.Contains(string(src), table) {
+				t.Errorf("%s names %s: a statement on it belongs in a job file", path, table)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -13,7 +14,6 @@ import (
 	"github.com/shardfill/shardfill/job"
 	"github.com/shardfill/shardfill/jobfile"
 	"github.com/shardfill/shardfill/shard"
-	"strconv"
 )
 
 // Preflight prepares every statement of the file against the database
@@ -34,12 +34,17 @@ func (j *Job) Preflight(ctx context.Context, q job.Querier) error {
 	if err := j.compile(); err != nil {
 		return err
 	}
+	conn, err := j.db.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
 	for _, l := range j.f.All() {
 		c, err := j.f.CompileFacts(l.Statement, j.keyType, j.shardType, scopeOf(l.Section), j.facts)
 		if err != nil {
 			return err
 		}
-		if _, err := j.describe(ctx, c); err != nil {
+		if _, err := conn.Conn().Prepare(ctx, "", c.SQL); err != nil {
 			return j.statementErr(l.Section, c, err)
 		}
 	}

@@ -1,8 +1,9 @@
 // Package sqljob runs a job file (package jobfile) under the engine: it
 // binds the operator's parameters, learns from the database what the
-// file leaves to it (the lock's key, the key's and shard's types), checks
-// every statement and privilege before anything runs, and does a slice's
-// work statement by statement.
+// file leaves to it (the lock's key, the key's and shard's types, the
+// answers to its facts), checks every statement and privilege before
+// anything runs, and does a slice's work statement by statement
+// ([Sliced]) or a batch's in one round trip ([Batched], the rollup).
 package sqljob
 
 import (
@@ -23,8 +24,9 @@ import (
 	"github.com/shardfill/shardfill/shard"
 )
 
-// Job is a job file bound to its parameters and a database; it implements
-// engine.Job and engine.SliceRunner.
+// Job is a job file bound to its parameters and a database: what every
+// job does for the engine (engine.Job). [Job.Engine] adds how it does its
+// slices' work.
 type Job struct {
 	f         *jobfile.File
 	db        *pgxpool.Pool
@@ -43,7 +45,7 @@ type Job struct {
 	// asks the database (a fact not confirmed does not hold).
 	facts map[string]bool
 	// batches are the batch forms by path, compiled with the facts.
-	batches map[string][]jobfile.Compiled
+	batches map[string][]batchStatement
 }
 
 // returning finds a RETURNING clause.

@@ -50,7 +50,7 @@ is touched.`,
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "workers, each running one batch of slices at a time")
 	fs.IntVar(&gen.Workspaces, "workspaces", gen.Workspaces, "workspaces in the synthetic history")
 	fs.IntVar(&gen.Months, "months", gen.Months, "months of synthetic history")
-	fs.IntVar(&gen.Rows, "rows", gen.Rows, "task_usage rows in the synthetic history (about)")
+	fs.IntVar(&gen.Rows, "rows", gen.Rows, "usage rows in the synthetic history (about)")
 	fs.Int64Var(&gen.Seed, "seed", gen.Seed, "generator seed")
 	fs.Float64Var(&interruptAt, "interrupt-at", interruptAt, "interrupt the first run at this fraction of rows, then resume (0 = never)")
 	return cmd

@@ -16,7 +16,6 @@ import (
 
 	"github.com/shardfill/shardfill/checkpoint"
 	"github.com/shardfill/shardfill/engine"
-
 	"github.com/shardfill/shardfill/internal/fixture"
 	"github.com/shardfill/shardfill/internal/pgserver"
 	"github.com/shardfill/shardfill/internal/pgtest"

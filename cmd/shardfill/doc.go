@@ -1,5 +1,6 @@
-// Command shardfill backfills the task_usage_hourly rollup in parallel,
-// resumably, and hands over to the cron job. See `shardfill --help`.
+// Command shardfill runs backfills written as job files of SQL in
+// parallel and resumably; by default the shipped hourly rollup, which it
+// hands over to the cron job. See `shardfill --help`.
 //
 // The command line is cobra: root.go holds the flags every command shares
 // and the connection, run.go the run and plan commands, status.go,

@@ -52,11 +52,13 @@ func newRootCmd(out, errOut *redactor) *cobra.Command {
 	g := &globals{out: out, errOut: errOut, logLines: &logLines{w: errOut}}
 	root := &cobra.Command{
 		Use:   "shardfill",
-		Short: "Parallel, resumable backfill of task_usage_hourly",
-		Long: `shardfill backfills the task_usage_hourly rollup from task_usage in
-per-workspace month slices, on a bounded pool of workers behind a rate
-limiter. Every finished slice is checkpointed, so any interruption resumes
-where it stopped; the cron watermark is stamped once every slice is done.`,
+		Short: "Parallel, resumable backfills on a live PostgreSQL, each a job file of SQL",
+		Long: `shardfill runs a backfill (--job: a shipped job by name or a job file; by
+default the hourly usage rollup) in slices, on a bounded pool of workers
+behind a rate limiter and the database's health. Every finished slice is
+checkpointed, so any interruption resumes where it stopped; the job's
+finish (the rollup's cron watermark) runs once every slice is done.
+` + "`shardfill jobs`" + ` lists the shipped jobs.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {

@@ -90,7 +90,7 @@ func newVerifyCmd(g *globals) *cobra.Command {
 	cfg.Concurrency = 1
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Check a job's output: by default, task_usage_hourly against the aggregate of the raw rows",
+		Short: "Check a job's output (the rollup's: against the aggregate of the raw rows)",
 		Long: `Runs the job's verify query. For a job planned by months (the default
 rollup) it recomputes the expected output month by month and lists every
 (workspace, month) whose rows differ (wrong, missing or extra); --repair
