@@ -89,8 +89,9 @@ type File struct {
 	PlanMonths bool
 	Bounds     *Section
 	Slice      Section // empty when the job has only batch forms
-	// Batches are the batch forms by access path ("" when one form
-	// serves every batch; else by-shard, by-range, by-window).
+	// Batches are the batch sections by access path: "" (the plain
+	// batch, run first for every batch) and by-shard, by-range,
+	// by-window (the form the batch's cost picks, run after it).
 	Batches              map[string]*Section
 	Repeat               bool
 	MaxStalls            int // with Repeat: default 5; 0 without
@@ -762,9 +763,7 @@ func (p *parser) checkShape(slice, plan *Section) error {
 			return p.errf("then", section("then").Line, "then runs after a slice statement; a batch form holds all of a batch's statements")
 		case section("remaining") != nil:
 			return p.errf("remaining", section("remaining").Line, "remaining is for a repeated slice statement; a batch job has none")
-		case f.Batches[""] != nil && len(f.Batches) > 1:
-			return p.errf(b.Name, b.Line, "a plain -- shardfill:batch serves every batch: give it alone, or only forms with a path (%s)", strings.Join(BatchPaths, ", "))
-		case f.Batches["by-window"] != nil && len(f.Batches) == 1:
+		case f.Batches["by-window"] != nil && f.Batches["by-shard"] == nil && f.Batches["by-range"] == nil:
 			return p.errf("batch by-window", f.Batches["by-window"].Line, "batch by-window serves only batches of one window; give a by-shard or by-range form for the others")
 		}
 	}
@@ -792,20 +791,29 @@ func (f *File) firstBatch() *Section {
 	return first
 }
 
-// Batch is the batch form for a batch read along path ("by-shard",
-// "by-range", "by-window"; see BatchPaths): the form of that path, else
-// the plain one, else the nearest: by-window falls back to by-range, and
-// by-range and by-shard to each other. Nil when the job has no batch
-// forms.
-func (f *File) Batch(path string) *Section {
+// Batch is the statements of a batch read along path ("by-shard",
+// "by-range", "by-window"; see BatchPaths): the plain batch section's,
+// then those of the path's form, else of the nearest (by-window falls
+// back to by-range, and by-range and by-shard to each other). Nil when
+// the job has no batch sections.
+func (f *File) Batch(path string) []Statement {
+	var out []Statement
+	if b := f.Batches[""]; b != nil {
+		out = append(out, b.Statements...)
+	}
+	if form := f.batchForm(path); form != nil {
+		out = append(out, form.Statements...)
+	}
+	return out
+}
+
+// batchForm is the form of path, or the nearest one.
+func (f *File) batchForm(path string) *Section {
 	order := map[string][]string{
 		"by-window": {"by-window", "by-range", "by-shard"},
 		"by-range":  {"by-range", "by-shard"},
 		"by-shard":  {"by-shard", "by-range"},
 	}[path]
-	if b := f.Batches[""]; b != nil {
-		return b
-	}
 	for _, p := range order {
 		if b := f.Batches[p]; b != nil {
 			return b

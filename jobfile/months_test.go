@@ -41,9 +41,20 @@ func TestParseMonthsJob(t *testing.T) {
 	if len(f.Batches) != 2 || len(f.Batches["by-shard"].Statements) != 3 {
 		t.Fatalf("batches: %+v", f.Batches)
 	}
-	// by-window falls back to by-range, by-range and by-shard to each other.
-	if f.Batch("by-window") != f.Batches["by-range"] || f.Batch("by-shard") != f.Batches["by-shard"] {
-		t.Fatal("Batch does not pick the nearest form")
+	// by-window falls back to by-range, and by-range and by-shard to each
+	// other; a plain batch section runs first for every path.
+	if got := f.Batch("by-window"); len(got) != 1 || got[0] != f.Batches["by-range"].Statements[0] {
+		t.Fatalf("by-window batch: %v", got)
+	}
+	if got := f.Batch("by-shard"); len(got) != 3 {
+		t.Fatalf("by-shard batch: %v", got)
+	}
+	common := mustParse(t, strings.Replace(monthsJob, "-- shardfill:batch by-range", "-- shardfill:batch\nDELETE FROM q WHERE w = ANY (@shards);\n-- shardfill:batch by-range", 1))
+	for _, path := range BatchPaths {
+		got := common.Batch(path)
+		if len(got) < 2 || !strings.HasPrefix(got[0].SQL, "DELETE FROM q") {
+			t.Fatalf("%s: the plain batch's statement does not come first: %v", path, got)
+		}
 	}
 	var names []string
 	for _, l := range f.All() {
@@ -72,8 +83,8 @@ func TestParseMonthsJobErrors(t *testing.T) {
 		{"unknown plan option", rep("-- shardfill:plan months", "-- shardfill:plan weeks"), "plan", "unknown plan option"},
 		{"unknown batch path", rep("-- shardfill:batch by-range", "-- shardfill:batch by-time"), "batch", "unknown batch path \"by-time\""},
 		{"duplicate batch path", rep("-- shardfill:batch by-range", "-- shardfill:batch by-shard"), "batch by-shard", "duplicate section batch by-shard"},
-		{"plain batch beside a path", rep("-- shardfill:batch by-range", "-- shardfill:batch"), "batch by-shard", "a plain -- shardfill:batch serves every batch"},
 		{"by-window alone", rep("-- shardfill:batch by-shard\nSET LOCAL join_collapse_limit = 1;\nDELETE FROM r WHERE w = ANY (@shards);\nINSERT INTO r SELECT w, shardfill.if(keyed, count(*), count(DISTINCT x)) FROM raw WHERE t >= @read_from GROUP BY 1;\n-- shardfill:batch by-range", "-- shardfill:batch by-window"), "batch by-window", "serves only batches of one window"},
+		{"by-window beside a plain batch only", rep("-- shardfill:batch by-shard\nSET LOCAL join_collapse_limit = 1;\nDELETE FROM r WHERE w = ANY (@shards);\nINSERT INTO r SELECT w, shardfill.if(keyed, count(*), count(DISTINCT x)) FROM raw WHERE t >= @read_from GROUP BY 1;\n-- shardfill:batch by-range", "-- shardfill:batch\nDELETE FROM r WHERE w = ANY (@shards);\n-- shardfill:batch by-window"), "batch by-window", "serves only batches of one window"},
 		{"slice beside batch", monthsJob + "-- shardfill:slice\nSELECT 1;\n", "slice", "a slice section or batch forms"},
 		{"remaining with batch", monthsJob + "-- shardfill:remaining\nSELECT 0;\n", "remaining", "a batch job has none"},
 		{"verify without extent", rep("-- shardfill:extent\nSELECT min(t), max(t) FROM raw;\n", ""), "verify", "add a -- shardfill:extent section"},

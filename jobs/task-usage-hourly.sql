@@ -156,67 +156,17 @@ JOIN days d ON d.day = p.day
 JOIN windows w ON w.month = d.month AND w.part = d.part
 GROUP BY p.workspace_id, w.window_from, w.window_to;
 
--- shardfill:batch by-shard
--- A batch replaces the buckets of its slices (workspace @shards[i], time
--- [@los[i], @his[i])): delete them, then insert the aggregate of their raw
--- rows (two statements, so the unique key never sees old and new rows at
--- once). Bounds are whole hours, so every bucket lands in a range the
--- delete cleared. The bucket is computed inline (the hour in UTC, whatever
--- the session's TimeZone) rather than through task_usage_hour_bucket(),
--- which PostgreSQL does not inline: a call per raw row cost a fifth of the
--- read. verify uses the function, so the two are checked against each
--- other. Rows are inserted in the order of the rollup's workspace-led
--- indexes (workspace_id, agent_id, bucket_hour DESC): consecutive rows
--- land on the same index pages, a sixth cheaper than hash order.
---
--- This form reads through the batch's workspaces' tasks: agent (by
--- workspace) -> task (by agent, skipping tasks created before @read_from,
--- the planner's bound: no older task has usage in the batch) -> usage (by
--- task). It costs what the workspaces hold from @read_from on, whatever
--- the ranges' width: the engine takes it for small workspaces' months.
--- The joins are written in the order they run, each an index lookup keyed
--- by the one before; planning them in that order rather than searching
--- all orders takes a third off the planning, about a quarter of what a
--- one-slice batch costs the server.
-SET LOCAL join_collapse_limit = 1;
-
+-- shardfill:batch
+-- Every batch replaces the buckets of its slices (workspace @shards[i],
+-- time [@los[i], @his[i])): this deletes them, and the form the batch's
+-- cost picks (below) inserts the aggregate of their raw rows. Two
+-- statements, so the unique key never sees old and new rows at once;
+-- bounds are whole hours, so every bucket lands in a range cleared here.
 DELETE FROM task_usage_hourly h
 USING unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
 WHERE h.workspace_id = r.workspace_id
   AND h.bucket_hour >= r.from_ts
   AND h.bucket_hour < r.to_ts;
-
-INSERT INTO task_usage_hourly (
-    bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
-    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-    task_count, event_count, cost_usd_ticks,
-    uncosted_input_tokens, uncosted_output_tokens,
-    uncosted_cache_read_tokens, uncosted_cache_write_tokens
-)
-SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
-       a.workspace_id, t.runtime_id, t.agent_id, i.project_id, u.provider, u.model,
-       sum(u.input_tokens)::bigint       AS input_tokens,
-       sum(u.output_tokens)::bigint      AS output_tokens,
-       sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,
-       sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
-       shardfill.if(keyed, count(*), count(DISTINCT u.task_id))         AS task_count,
-       count(*)                          AS event_count,
-       coalesce(sum(u.cost_usd_ticks), 0)::bigint AS cost_usd_ticks,
-       coalesce(sum(u.input_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint       AS uncosted_input_tokens,
-       coalesce(sum(u.output_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint      AS uncosted_output_tokens,
-       coalesce(sum(u.cache_read_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint  AS uncosted_cache_read_tokens,
-       coalesce(sum(u.cache_write_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint AS uncosted_cache_write_tokens
-FROM unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
-JOIN agent a ON a.workspace_id = r.workspace_id
-JOIN agent_task_queue t ON t.agent_id = a.id
-JOIN task_usage u ON u.task_id = t.id
-LEFT JOIN issue i ON i.id = t.issue_id
-WHERE t.runtime_id IS NOT NULL
-  AND (t.created_at >= @read_from OR t.created_at IS NULL)
-  AND u.created_at >= r.from_ts
-  AND u.created_at < r.to_ts
-GROUP BY 1, 2, 3, 4, 5, 6, 7
-ORDER BY 2, 4, 1 DESC;
 
 -- Hand-over: drop the queued dirty keys of the batch's buckets that the
 -- insert's read already covers, so the cron job does not recompute them
@@ -242,8 +192,62 @@ WHERE ctid = ANY (ARRAY (
     WHERE d.enqueued_at < @watermark
     FOR UPDATE OF d SKIP LOCKED));
 
+-- shardfill:batch by-shard
+-- The forms insert the aggregate of the batch's raw rows, each read its
+-- own way; the engine picks one per batch by the planner's row counts.
+-- The bucket is computed inline (the hour in UTC, whatever
+-- the session's TimeZone) rather than through task_usage_hour_bucket(),
+-- which PostgreSQL does not inline: a call per raw row cost a fifth of the
+-- read. verify uses the function, so the two are checked against each
+-- other. Rows are inserted in the order of the rollup's workspace-led
+-- indexes (workspace_id, agent_id, bucket_hour DESC): consecutive rows
+-- land on the same index pages, a sixth cheaper than hash order.
+--
+-- This form reads through the batch's workspaces' tasks: agent (by
+-- workspace) -> task (by agent, skipping tasks created before @read_from,
+-- the planner's bound: no older task has usage in the batch) -> usage (by
+-- task). It costs what the workspaces hold from @read_from on, whatever
+-- the ranges' width: the engine takes it for small workspaces' months.
+-- The joins are written in the order they run, each an index lookup keyed
+-- by the one before; planning them in that order rather than searching
+-- all orders takes a third off the planning, about a quarter of what a
+-- one-slice batch costs the server.
+SET LOCAL join_collapse_limit = 1;
+
+INSERT INTO task_usage_hourly (
+    bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+    task_count, event_count, cost_usd_ticks,
+    uncosted_input_tokens, uncosted_output_tokens,
+    uncosted_cache_read_tokens, uncosted_cache_write_tokens
+)
+SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
+       a.workspace_id, t.runtime_id, t.agent_id, i.project_id, u.provider, u.model,
+       sum(u.input_tokens)::bigint       AS input_tokens,
+       sum(u.output_tokens)::bigint      AS output_tokens,
+       sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,
+       sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
+       shardfill.if(keyed, count(*), count(DISTINCT u.task_id)) AS task_count,
+       count(*)                          AS event_count,
+       coalesce(sum(u.cost_usd_ticks), 0)::bigint AS cost_usd_ticks,
+       coalesce(sum(u.input_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint       AS uncosted_input_tokens,
+       coalesce(sum(u.output_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint      AS uncosted_output_tokens,
+       coalesce(sum(u.cache_read_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint  AS uncosted_cache_read_tokens,
+       coalesce(sum(u.cache_write_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint AS uncosted_cache_write_tokens
+FROM unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
+JOIN agent a ON a.workspace_id = r.workspace_id
+JOIN agent_task_queue t ON t.agent_id = a.id
+JOIN task_usage u ON u.task_id = t.id
+LEFT JOIN issue i ON i.id = t.issue_id
+WHERE t.runtime_id IS NOT NULL
+  AND (t.created_at >= @read_from OR t.created_at IS NULL)
+  AND u.created_at >= r.from_ts
+  AND u.created_at < r.to_ts
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+ORDER BY 2, 4, 1 DESC;
+
 -- shardfill:batch by-range
--- The same replacement read through time: the usage rows created in
+-- The insert read through time: the usage rows created in
 -- [@lo, @hi) (the span of the batch's ranges) by the created_at index;
 -- then the tasks those rows name, fetched by primary key in one sorted
 -- sweep and kept when their agent belongs to one of the batch's workspaces
@@ -255,12 +259,6 @@ WHERE ctid = ANY (ARRAY (
 -- Each step is materialized so its size is known to the next: left to
 -- itself the planner may walk every task of every agent of the batch's
 -- workspaces, or hash the whole task table, once per window.
-DELETE FROM task_usage_hourly h
-USING unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
-WHERE h.workspace_id = r.workspace_id
-  AND h.bucket_hour >= r.from_ts
-  AND h.bucket_hour < r.to_ts;
-
 INSERT INTO task_usage_hourly (
     bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
@@ -293,7 +291,7 @@ SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
        sum(u.output_tokens)::bigint      AS output_tokens,
        sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,
        sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
-       shardfill.if(keyed, count(*), count(DISTINCT u.task_id))         AS task_count,
+       shardfill.if(keyed, count(*), count(DISTINCT u.task_id)) AS task_count,
        count(*)                          AS event_count,
        coalesce(sum(u.cost_usd_ticks), 0)::bigint AS cost_usd_ticks,
        coalesce(sum(u.input_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint       AS uncosted_input_tokens,
@@ -308,25 +306,10 @@ LEFT JOIN project i ON i.id = t.issue_id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 ORDER BY 2, 4, 1 DESC;
 
-DELETE FROM task_usage_hourly_dirty
-WHERE ctid = ANY (ARRAY (
-    SELECT d.ctid
-    FROM task_usage_hourly_dirty d
-    JOIN unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
-      ON d.workspace_id = r.workspace_id AND d.bucket_hour >= r.from_ts AND d.bucket_hour < r.to_ts
-    WHERE d.enqueued_at < @watermark
-    FOR UPDATE OF d SKIP LOCKED));
-
 -- shardfill:batch by-window
 -- by-range for a batch whose slices all cover the span [@lo, @hi), one per
 -- workspace (as claims usually make them): without the join to the
 -- ranges, which saves a sort of the whole span.
-DELETE FROM task_usage_hourly h
-USING unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
-WHERE h.workspace_id = r.workspace_id
-  AND h.bucket_hour >= r.from_ts
-  AND h.bucket_hour < r.to_ts;
-
 INSERT INTO task_usage_hourly (
     bucket_hour, workspace_id, runtime_id, agent_id, project_id, provider, model,
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
@@ -359,7 +342,7 @@ SELECT date_trunc('hour', u.created_at, 'UTC') AS bucket_hour,
        sum(u.output_tokens)::bigint      AS output_tokens,
        sum(u.cache_read_tokens)::bigint  AS cache_read_tokens,
        sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
-       shardfill.if(keyed, count(*), count(DISTINCT u.task_id))         AS task_count,
+       shardfill.if(keyed, count(*), count(DISTINCT u.task_id)) AS task_count,
        count(*)                          AS event_count,
        coalesce(sum(u.cost_usd_ticks), 0)::bigint AS cost_usd_ticks,
        coalesce(sum(u.input_tokens) FILTER (WHERE u.cost_usd_ticks IS NULL), 0)::bigint       AS uncosted_input_tokens,
@@ -371,15 +354,6 @@ JOIN task t ON t.id = u.task_id
 LEFT JOIN project i ON i.id = t.issue_id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 ORDER BY 2, 4, 1 DESC;
-
-DELETE FROM task_usage_hourly_dirty
-WHERE ctid = ANY (ARRAY (
-    SELECT d.ctid
-    FROM task_usage_hourly_dirty d
-    JOIN unnest(@shards, @los, @his) AS r(workspace_id, from_ts, to_ts)
-      ON d.workspace_id = r.workspace_id AND d.bucket_hour >= r.from_ts AND d.bucket_hour < r.to_ts
-    WHERE d.enqueued_at < @watermark
-    FOR UPDATE OF d SKIP LOCKED));
 
 -- shardfill:finish
 -- Hand the rollup over to the cron job: every change before @watermark is

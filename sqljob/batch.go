@@ -240,12 +240,8 @@ func (j *Job) stamp(ctx context.Context, tx job.Querier, at time.Time, from *tim
 func (j *Job) compileBatches() error {
 	j.batches = map[string][]batchStatement{}
 	for _, path := range jobfile.BatchPaths {
-		sec := j.f.Batch(path)
-		if sec == nil {
-			continue
-		}
 		var out []batchStatement
-		for _, st := range sec.Statements {
+		for _, st := range j.f.Batch(path) {
 			c, err := j.f.CompileFacts(st, jobfile.Timestamptz, j.shardType, jobfile.Scope{}, j.facts)
 			if err != nil {
 				return err
