@@ -6,8 +6,8 @@
 -- first), largest slices first within each.
 -- Each slice carries the totals a claim needs to price its batch:
 --   window_rows: the raw rows of its window over every workspace (reading
---     through time). A window lies in one month, and a piece holds whole
---     months, so this is exact.
+--     through time). A piece's windows tile it, so a window lies in one
+--     piece, and this is exact.
 --   ws_rows: the raw rows of its workspace over the whole run (reading
 --     through the workspace's tasks visits all of them). Unknown until the
 --     last piece is planned, it is estimated from the workspace's rows in

@@ -242,22 +242,53 @@ func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, s
 	if m.Bounds == nil {
 		return nil
 	}
-	var floor, top *time.Time
+	var floor, top, newest *time.Time
 	var rows, estimate int64
 	pieceRows := m.PieceRows
 	if pieceRows <= 0 {
 		pieceRows = DefaultPieceRows
 	}
 	sql, args := m.Bounds(LowerBound(spec.RangeFrom), pieceRows)
-	if err := tx.QueryRow(ctx, sql, args...).Scan(&floor, &top, &rows, &estimate); err != nil {
+	if err := scanBounds(ctx, tx, sql, args, &floor, &top, &rows, &estimate, &newest); err != nil {
 		return fmt.Errorf("plan bounds: %w", err)
 	}
 	if rows > pieceRows && floor != nil && top != nil {
+		if newest != nil && newest.After(*top) {
+			// The first piece is the newest rows alone, from a day inside
+			// the newest month: the first slices commit within moments
+			// however big a month is. plan_top marks where it starts.
+			top = newest
+		}
 		_, err := tx.Exec(ctx, s.q(`UPDATE _SCHEMA_.run SET plan_floor = $2, plan_top = $3, plan_piece_months = $4 WHERE id = $1`),
 			id, floor, top, minPieceMonths(max(rows, estimate), monthsFrom(*floor, *top)+1, pieceRows))
 		return err
 	}
 	return nil
+}
+
+// scanBounds reads the bounds query's row: four columns, and an optional
+// fifth, where the newest rows' own first piece starts (newest).
+func scanBounds(ctx context.Context, tx pgx.Tx, sql string, args []any, floor, top **time.Time, rows, estimate *int64, newest **time.Time) error {
+	r, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if !r.Next() {
+		if err := r.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("the bounds query returned no row")
+	}
+	dest := []any{floor, top, rows, estimate}
+	if len(r.FieldDescriptions()) > 4 {
+		dest = append(dest, newest)
+	}
+	if err := r.Scan(dest...); err != nil {
+		return err
+	}
+	r.Close()
+	return r.Err()
 }
 
 // DefaultPieceRows is PlanSpec.PieceRows's default.
@@ -363,7 +394,8 @@ func (s *Store) planNext(ctx context.Context, tx pgx.Tx, runID int64, pieces Pie
 
 // next plans the piece below the run's cursor in tx: the newest month
 // (open upwards, so rows newer than the bounds found when the run was
-// created are planned too) first, then earlier ones, the oldest piece open
+// created are planned too; or, when the bounds gave one, only its newest
+// days, and then the rest of it) first, then earlier ones, the oldest piece open
 // downwards to the run's range (history older than the oldest month, and
 // rollup rows of no raw row, are planned with it). It reports whether the
 // run is now fully planned.
@@ -389,9 +421,13 @@ func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64)
 	to, from, last := cursor, lower, true
 	scale := 1.0
 	if top != nil && floor != nil {
-		next := *top // the newest piece starts at the newest month
+		next := *top // the newest piece starts at the newest month, or a day in it
 		if cursor.InfinityModifier != pgtype.Infinity {
-			next = cursor.Time.UTC().AddDate(0, -pieceMonths(pieces, least), 0)
+			c := cursor.Time.UTC()
+			next = c.AddDate(0, -pieceMonths(pieces, least), 0)
+			if month := time.Date(c.Year(), c.Month(), 1, 0, 0, 0, 0, time.UTC); month.Before(c) {
+				next = month // the rest of the newest month, below its first piece
+			}
 		}
 		if next.After(*floor) {
 			from, last = pgtype.Timestamptz{Time: next, Valid: true}, false

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS _SCHEMA_.run (
 -- plan continues where it stopped. Everything at or after plan_cursor is
 -- planned; the piece below it is next. plan_top and plan_floor are the
 -- months of the newest and oldest raw row when the run was created (NULL:
--- no raw rows, the whole range is one piece). Runs created before these
+-- no raw rows, the whole range is one piece); plan_top may instead be a
+-- day inside the newest month, where its newest rows' own first piece
+-- starts. Runs created before these
 -- columns existed were planned in one pass: planning_done defaults true.
 ALTER TABLE _SCHEMA_.run ADD COLUMN IF NOT EXISTS planning_done boolean NOT NULL DEFAULT true,
                          ADD COLUMN IF NOT EXISTS plan_cursor timestamptz,

@@ -80,24 +80,45 @@ func sliceKeys(t *testing.T, pool *pgxpool.Pool, runID int64) map[string]bool {
 	return set
 }
 
-// onePass lists the slices of planning the whole history in one pass, as
-// sliceKeys does.
+// onePass lists, as sliceKeys does, the slices of planning the whole
+// history in two passes: the newest rows alone, from the day the bounds
+// query gives for a run planned in pieces of inPieces rows, and everything
+// before them. (A run plans its first piece that way, and the rest of
+// that month below it, so their windows are cut apart.)
 func onePass(t *testing.T, pool *pgxpool.Pool, maxRows int64) map[string]bool {
 	t.Helper()
-	plan := testenv.Rollup(t, pool).Pieces(0).(checkpoint.MonthPieces).Plan
-	planSQL, args := plan(checkpoint.LowerBound(nil), checkpoint.UpperBound(), maxRows)
-	rows, err := pool.Query(context.Background(), `SELECT format('%s %s %s %s %s', shard, lo, hi, est_rows, read_from)
-		FROM (`+planSQL+`) p`, args...)
-	if err != nil {
+	ctx := context.Background()
+	pieces := testenv.Rollup(t, pool).Pieces(inPieces).(checkpoint.MonthPieces)
+	boundsSQL, args := pieces.Bounds(checkpoint.LowerBound(nil), inPieces)
+	var top, newest *time.Time
+	if err := pool.QueryRow(ctx, `SELECT b.last_month, b.newest_from FROM (`+boundsSQL+`) b`, args...).Scan(&top, &newest); err != nil {
 		t.Fatal(err)
 	}
-	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
+	split := checkpoint.UpperBound()
+	if newest != nil && top != nil && newest.After(*top) {
+		split = pgtype.Timestamptz{Time: *newest, Valid: true}
 	}
 	set := map[string]bool{}
-	for _, k := range keys {
-		set[k] = true
+	for _, r := range [][2]pgtype.Timestamptz{{checkpoint.LowerBound(nil), split}, {split, checkpoint.UpperBound()}} {
+		if r[0] == r[1] {
+			continue
+		}
+		planSQL, args := pieces.Plan(r[0], r[1], maxRows)
+		rows, err := pool.Query(ctx, `SELECT format('%s %s %s %s %s', shard, lo, hi, est_rows, read_from)
+			FROM (`+planSQL+`) p`, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			set[k] = true
+		}
+	}
+	if len(set) == 0 {
+		t.Fatal("the plan lists no slice")
 	}
 	return set
 }
@@ -161,6 +182,12 @@ func TestPlanInPiecesEqualsOnePass(t *testing.T) {
 		if !ps[i].to.Equal(ps[i-1].from) {
 			t.Fatalf("piece %d ends %s, piece %d starts %s", i, ps[i].to, i-1, ps[i-1].from)
 		}
+	}
+	// The first piece is the newest rows alone (the newest day, at
+	// inPieces rows a piece), the second the rest of their month.
+	first, month := ps[0].from.UTC(), ps[1].from.UTC()
+	if first.Hour() != 0 || !first.After(month) || month.Day() != 1 || month.Hour() != 0 || first.Sub(month) > 31*24*time.Hour {
+		t.Fatalf("first piece from %s, second from %s: want the newest day, then the rest of its month", first, month)
 	}
 	if !res.Run.PlanningDone || res.Run.SlicesTotal != int64(len(want)) || res.Executed != res.Run.SlicesTotal {
 		t.Fatalf("run: planning done %v, %d slices, %d executed, want %d", res.Run.PlanningDone, res.Run.SlicesTotal, res.Executed, len(want))

@@ -86,10 +86,19 @@ SELECT EXISTS (
 -- which sizes the pieces. Rows outside the two months (written later, or
 -- rollup rows of no raw row) are covered by the first piece, open
 -- upwards, and the last, open downwards.
-SELECT date_trunc('month', min(created_at) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-       date_trunc('month', max(created_at) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-       (SELECT count(*) FROM (SELECT FROM task_usage WHERE created_at >= @from LIMIT @piece_rows + 1) s),
-       (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'task_usage'::regclass)
+-- The fifth column is the UTC day from which the newest sixteenth of
+-- @piece_rows rows lie (NULL when there are fewer): the first piece holds
+-- only those, so on a history of any size the workers start within
+-- moments, and the rest of their month is the second piece.
+SELECT date_trunc('month', min(created_at) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS first_month,
+       date_trunc('month', max(created_at) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS last_month,
+       (SELECT count(*) FROM (SELECT FROM task_usage WHERE created_at >= @from LIMIT @piece_rows + 1) s) AS rows,
+       (SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'task_usage'::regclass) AS estimate,
+       (SELECT date_trunc('day', n.created_at, 'UTC')
+          FROM task_usage n
+         WHERE n.created_at >= @from
+         ORDER BY n.created_at DESC
+        OFFSET @piece_rows / 16 LIMIT 1) AS newest_from
 FROM task_usage
 WHERE created_at >= @from;
 
@@ -106,9 +115,11 @@ WHERE created_at >= @from;
 -- session TimeZone cannot move a boundary.
 -- read_from is the oldest creation time of a task with usage in the slice:
 -- the by-shard form need not look at older tasks.
--- The engine runs it piece by piece over [@from, @to), whole UTC months
--- (a month's windows depend on that month's days only, so the pieces
--- together yield the slices of planning it whole). Rollup rows are bounded
+-- The engine runs it piece by piece over [@from, @to): whole UTC months,
+-- but for the newest month, whose newest days (from the bounds' fifth
+-- column) are a piece of their own. The windows of a piece tile it
+-- exactly: its first starts at @from, its last ends at @to, so the pieces
+-- together tile the whole range. Rollup rows are bounded
 -- by the unique key's index, which leads with bucket_hour.
 -- per_day may hold a (workspace, day) twice, once with its raw rows and
 -- once for its rollup rows; every step after it sums or takes the least,
@@ -141,8 +152,9 @@ WITH per_day AS (
     FROM (SELECT day, sum(n) AS n FROM per_day GROUP BY day) all_workspaces
 ), windows AS (
     SELECT month, part,
-           CASE WHEN part = 0 THEN month ELSE min(day) END AS window_from,
-           coalesce(lead(min(day)) OVER (PARTITION BY month ORDER BY part), month + interval '1 month') AS window_to
+           CASE WHEN part = 0 THEN greatest(month, @from AT TIME ZONE 'UTC') ELSE min(day) END AS window_from,
+           coalesce(lead(min(day)) OVER (PARTITION BY month ORDER BY part),
+                    least(month + interval '1 month', @to AT TIME ZONE 'UTC')) AS window_to
     FROM days
     GROUP BY month, part
 )

@@ -175,12 +175,25 @@ func (j *Job) monthPieces(pieceRows int64) checkpoint.MonthPieces {
 
 // HasRowsBefore reports whether the job's rows reach back before at, a
 // month start: history a run limited to start at at would leave out (the
-// bounds query's oldest month, from all history).
+// bounds query's first column, the oldest month, from all history).
 func (b *Batched) HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error) {
 	sql, args := b.monthPieces(0).Bounds(checkpoint.LowerBound(nil), 0)
-	var first, last *time.Time
-	var rows, estimate int64
-	if err := q.QueryRow(ctx, sql, args...).Scan(&first, &last, &rows, &estimate); err != nil {
+	var first *time.Time
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
+	}
+	defer rows.Close()
+	if rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
+		}
+		if t, ok := vals[0].(time.Time); ok {
+			first = &t
+		}
+	}
+	if err := rows.Err(); err != nil {
 		return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
 	}
 	return first != nil && first.Before(at), nil
