@@ -242,16 +242,16 @@ func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, s
 	if m.Bounds == nil {
 		return nil
 	}
-	var floor, top, newest *time.Time
-	var rows, estimate int64
 	pieceRows := m.PieceRows
 	if pieceRows <= 0 {
 		pieceRows = DefaultPieceRows
 	}
 	sql, args := m.Bounds(LowerBound(spec.RangeFrom), pieceRows)
-	if err := scanBounds(ctx, tx, sql, args, &floor, &top, &rows, &estimate, &newest); err != nil {
+	b, err := ReadBounds(ctx, tx, sql, args)
+	if err != nil {
 		return fmt.Errorf("plan bounds: %w", err)
 	}
+	floor, top, newest, rows, estimate := b.First, b.Last, b.Newest, b.Rows, b.Estimate
 	if rows > pieceRows && floor != nil && top != nil {
 		if newest != nil && newest.After(*top) {
 			// The first piece is the newest rows alone, from a day inside
@@ -266,29 +266,38 @@ func (m MonthPieces) begin(ctx context.Context, s *Store, tx pgx.Tx, id int64, s
 	return nil
 }
 
-// scanBounds reads the bounds query's row: four columns, and an optional
-// fifth, where the newest rows' own first piece starts (newest).
-func scanBounds(ctx context.Context, tx pgx.Tx, sql string, args []any, floor, top **time.Time, rows, estimate *int64, newest **time.Time) error {
-	r, err := tx.Query(ctx, sql, args...)
+// Bounds is what a bounds query returns (see MonthPieces.Bounds).
+type Bounds struct {
+	First, Last    *time.Time // the UTC month starts of the oldest and newest rows
+	Rows, Estimate int64      // rows counted up to the limit; all rows, estimated
+	Newest         *time.Time // optional: where the newest rows' own first piece starts
+}
+
+// ReadBounds runs a bounds query: four columns, and an optional fifth.
+func ReadBounds(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, sql string, args []any) (Bounds, error) {
+	var b Bounds
+	r, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return err
+		return b, err
 	}
 	defer r.Close()
 	if !r.Next() {
 		if err := r.Err(); err != nil {
-			return err
+			return b, err
 		}
-		return fmt.Errorf("the bounds query returned no row")
+		return b, fmt.Errorf("the bounds query returned no row")
 	}
-	dest := []any{floor, top, rows, estimate}
+	dest := []any{&b.First, &b.Last, &b.Rows, &b.Estimate}
 	if len(r.FieldDescriptions()) > 4 {
-		dest = append(dest, newest)
+		dest = append(dest, &b.Newest)
 	}
 	if err := r.Scan(dest...); err != nil {
-		return err
+		return b, err
 	}
 	r.Close()
-	return r.Err()
+	return b, r.Err()
 }
 
 // DefaultPieceRows is PlanSpec.PieceRows's default.

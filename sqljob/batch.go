@@ -149,11 +149,12 @@ func (b *Batched) Apply(ctx context.Context, tx pgx.Tx, s shard.Slice) (int64, e
 }
 
 // months compiles a statement of a month-planned section with the facts
-// the preflight learnt.
+// the preflight learnt (false before it: every fact is known from Open
+// on, and the file was checked when it was parsed).
 func (j *Job) months(sec *jobfile.Section) jobfile.Compiled {
 	c, err := j.f.CompileFacts(sec.Statements[0], jobfile.Timestamptz, j.shardType, jobfile.Scope{Whole: true}, j.facts)
 	if err != nil {
-		panic(fmt.Sprintf("sqljob: %s compiled at Open: %v", sec.Name, err))
+		panic(fmt.Sprintf("sqljob: %s of a parsed file does not compile: %v", sec.Name, err))
 	}
 	return c
 }
@@ -178,25 +179,11 @@ func (j *Job) monthPieces(pieceRows int64) checkpoint.MonthPieces {
 // bounds query's first column, the oldest month, from all history).
 func (b *Batched) HasRowsBefore(ctx context.Context, q job.Querier, at time.Time) (bool, error) {
 	sql, args := b.monthPieces(0).Bounds(checkpoint.LowerBound(nil), 0)
-	var first *time.Time
-	rows, err := q.Query(ctx, sql, args...)
+	bounds, err := checkpoint.ReadBounds(ctx, q, sql, args)
 	if err != nil {
 		return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
 	}
-	defer rows.Close()
-	if rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
-		}
-		if t, ok := vals[0].(time.Time); ok {
-			first = &t
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("look for rows before %s: %w", at.Format(time.DateOnly), err)
-	}
-	return first != nil && first.Before(at), nil
+	return bounds.First != nil && bounds.First.Before(at), nil
 }
 
 // Extent is the time the job's data cover (the extent query): nil when
@@ -226,28 +213,6 @@ func (b *Batched) Verify(ctx context.Context, q job.Querier, from, to time.Time)
 
 // Verifies reports whether the job can check its output month by month.
 func (b *Batched) Verifies() bool { return b.f.Verify != nil }
-
-// stamp runs the finish statements of a month-planned job with the run's
-// watermark and range. A first statement that is an UPDATE changing no
-// row (the state row it stamps is missing) stamps nothing: the rest is
-// skipped and the caller warns.
-func (j *Job) stamp(ctx context.Context, tx job.Querier, at time.Time, from *time.Time) (bool, error) {
-	names := map[string]any{"watermark": at, "from": checkpoint.LowerBound(from)}
-	for i, st := range j.f.Finish.Statements {
-		c, err := j.f.CompileFacts(st, j.keyType, j.shardType, jobfile.Scope{Whole: true}, j.facts)
-		if err != nil {
-			return false, err
-		}
-		tag, err := tx.Exec(ctx, c.SQL, j.bind(c, names)...)
-		if err != nil {
-			return false, fmt.Errorf("finish (%s:%d): %w", j.f.Path, c.Line, err)
-		}
-		if i == 0 && jobfile.Verb(c.SQL) == "UPDATE" && tag.RowsAffected() == 0 {
-			return false, nil
-		}
-	}
-	return true, nil
-}
 
 // compileBatches compiles every batch form for every path, with the facts.
 func (j *Job) compileBatches() error {

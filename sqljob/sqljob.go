@@ -424,16 +424,21 @@ func (j *Job) Stamp(ctx context.Context, tx job.Querier, at time.Time, from *tim
 	if j.f.Finish == nil {
 		return true, nil
 	}
-	if j.f.PlanMonths {
-		return j.stamp(ctx, tx, at, from)
-	}
-	for _, st := range j.f.Finish.Statements {
-		c, err := j.f.Compile(st, j.keyType, j.shardType, jobfile.Scope{Whole: true})
+	names := map[string]any{"watermark": at, "from": checkpoint.LowerBound(from)}
+	for i, st := range j.f.Finish.Statements {
+		c, err := j.f.CompileFacts(st, j.keyType, j.shardType, jobfile.Scope{Whole: true}, j.facts)
 		if err != nil {
 			return false, err
 		}
-		if _, err := tx.Exec(ctx, c.SQL, j.args(c, nil)...); err != nil {
+		tag, err := tx.Exec(ctx, c.SQL, j.bind(c, names)...)
+		if err != nil {
 			return false, fmt.Errorf("finish (%s:%d): %w", j.f.Path, c.Line, err)
+		}
+		// A job planned by months stamps nothing when its first
+		// statement, an UPDATE, changes no row (the state row it stamps
+		// is missing): the rest is skipped and the caller warns.
+		if i == 0 && j.f.PlanMonths && jobfile.Verb(c.SQL) == "UPDATE" && tag.RowsAffected() == 0 {
+			return false, nil
 		}
 	}
 	return true, nil
