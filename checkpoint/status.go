@@ -80,8 +80,11 @@ type Status struct {
 	// done, failed, paused or interrupted run does not move).
 	RowsPerSecond     float64 `json:"rows_per_second"`
 	RateWindowSeconds float64 `json:"rate_window_seconds"`
-	// ETASeconds is the time left at the pace achieved (RowsPerSecond),
-	// and at least what the pace in force allows (unfinished slices / the
+	// ETASeconds is the time left at the workers' pace: the rows of the
+	// batches finished in the last minute over the time they took, times
+	// the working processes' workers (not RowsPerSecond, which counts the
+	// time they waited for planning as well); and at least what the pace
+	// in force allows (unfinished slices / the
 	// working processes' summed effective rates, the health throttle's
 	// cuts included). Null unless some live process works on the run and
 	// a pace is known, and null while every live process is held (paused,
@@ -283,6 +286,15 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 
 // pace fills in the rate and the ETA. Both are left out for a run that no
 // live process works on, or that is paused: it is not moving.
+//
+// The rate is what the run achieved over the last minute, wall clock. The
+// ETA is not taken from it: a run's first seconds are not its pace (the
+// workers wait for planning's next piece, and share the cores with it), and
+// an ETA from them, read when a tenth of the rows is done, was two and three
+// times the real time left. It is the workers' own pace while they work:
+// the rows of the batches finished in the last minute over the time those
+// batches took (claim to commit, and the pause after each), times the
+// workers the live processes run; and no less than the rates in force allow.
 func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error {
 	window := time.Minute
 	var since *time.Time
@@ -294,10 +306,16 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 	var now time.Time
 	var recent int64
 	var working *time.Time
+	var busy float64 // seconds the batches took, summed over the workers
 	err := s.db.QueryRow(ctx, s.q(`
-		SELECT now(), coalesce(sum(est_rows), 0)::bigint, min(started_at) FROM _SCHEMA_.slice
-		WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'
-		  AND ($2::timestamptz IS NULL OR finished_at >= $2)`), run.ID, since).Scan(&now, &recent, &working)
+		SELECT now(), coalesce(sum(b.rows), 0)::bigint, min(b.started_at),
+		       coalesce(sum(extract(epoch FROM b.took) + coalesce(p.sleep_between_slices_ms, 0) / 1000.0), 0)::float8
+		FROM (SELECT owner, started_at, sum(est_rows) AS rows, max(finished_at) - started_at AS took
+		      FROM _SCHEMA_.slice
+		      WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'
+		        AND ($2::timestamptz IS NULL OR finished_at >= $2)
+		      GROUP BY owner, started_at) b
+		LEFT JOIN _SCHEMA_.process p ON p.run_id = $1 AND p.owner = b.owner`), run.ID, since).Scan(&now, &recent, &working, &busy)
 	if err != nil {
 		return err
 	}
@@ -332,9 +350,13 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 		rowsLeft = float64(max(*est-c.RowsDone, 0))
 		slicesLeft = max(float64(c.Total)*float64(*est)/float64(run.RowsTotal)-float64(c.Done+c.Failed), slicesLeft)
 	}
+	pace := st.RowsPerSecond
+	if w := workersInForce(st.Processes); w > 0 && busy > 0 {
+		pace = float64(recent) / busy * float64(w)
+	}
 	var eta float64
-	if st.RowsPerSecond > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
-		eta = rowsLeft / st.RowsPerSecond
+	if pace > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
+		eta = rowsLeft / pace
 	}
 	// A rate in force bounds the pace whatever the rows: every unfinished
 	// slice needs a token of some working process's limiter, at the rate
@@ -370,6 +392,23 @@ func held(st *Status) bool {
 		}
 	}
 	return true
+}
+
+// workersInForce sums the workers the working processes run (their
+// concurrency as the health throttle lowered it); 0 when none works.
+func workersInForce(procs []Process) int {
+	n := 0
+	for _, p := range procs {
+		if p.State != ProcessWorking {
+			continue
+		}
+		c := p.Concurrency
+		if p.EffectiveConcurrency != nil {
+			c = *p.EffectiveConcurrency
+		}
+		n += max(c, 0)
+	}
+	return n
 }
 
 // ratesInForce sums the rates the working processes run at (their

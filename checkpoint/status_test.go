@@ -83,6 +83,55 @@ func TestETAUsesThePaceInForceAndSaysHeld(t *testing.T) {
 	}
 }
 
+// The ETA is the workers' pace while they work, not the wall pace: a
+// run whose two workers each took 1 s per batch, with 18 s between the two
+// batches (waiting for planning's next piece, say), has 2 × (rows / 2 s)
+// per second ahead of it, not rows / 20 s.
+func TestETAIsTheWorkersPace(t *testing.T) {
+	t.Parallel()
+	pool, store, pid := claimSetup(t)
+	ctx := context.Background()
+	run := newRun(t, pool, store)
+	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
+		State: checkpoint.ProcessWorking}); err != nil {
+		t.Fatal(err)
+	}
+	// Two batches of a third of the slices each (by id), one finished 19 s
+	// ago, one now, each after a second's work.
+	var rows int64
+	if err := pool.QueryRow(ctx, `
+		WITH n AS (SELECT min(id) AS lo, count(*) / 3 AS third FROM shardfill.slice WHERE run_id = $1),
+		     d AS (UPDATE shardfill.slice s
+		           SET state = 'done', owner = 'p',
+		               started_at = CASE WHEN s.id < n.lo + n.third THEN now() - interval '20 s' ELSE now() - interval '1 s' END,
+		               finished_at = CASE WHEN s.id < n.lo + n.third THEN now() - interval '19 s' ELSE now() END
+		           FROM n WHERE s.run_id = $1 AND s.id < n.lo + 2 * n.third
+		           RETURNING s.est_rows)
+		SELECT sum(est_rows) FROM d`, run.ID).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE shardfill.process SET started_at = now() - interval '30 s' WHERE run_id = $1`, run.ID); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Status(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := float64(run.RowsTotal - rows)
+	if st.RowsDone != rows || left <= 0 || st.ETASeconds == nil {
+		t.Fatalf("status: %d rows done (want %d) of %d, eta %v", st.RowsDone, rows, run.RowsTotal, ptr(st.ETASeconds))
+	}
+	// The wall pace: the rows over the 20 s since the first batch began.
+	if want := float64(rows) / 20; st.RowsPerSecond < 0.95*want || st.RowsPerSecond > 1.05*want {
+		t.Fatalf("rate %.1f rows/s, want %.1f (the rows over 20 s)", st.RowsPerSecond, want)
+	}
+	want := left / (float64(rows) / 2 * 2)
+	if got := *st.ETASeconds; got < 0.9*want || got > 1.1*want {
+		t.Fatalf("eta %.1f s, want %.1f s (%v rows left at two workers' %v rows per 2 s of work); the wall pace would say %.1f s",
+			got, want, left, rows, left/st.RowsPerSecond)
+	}
+}
+
 func ptr[T any](p *T) any {
 	if p == nil {
 		return nil

@@ -126,6 +126,15 @@ func (p *progress) event(ev engine.Event) {
 	}
 }
 
+// readEvery is how long after a read that took took the run-wide figures
+// are read again: a second, or 20 times what the read took (a read of half
+// a million slices takes the server a good part of a second), so reading
+// stays a twentieth of one server core; never longer than the progress
+// interval, whose records need them.
+func readEvery(took, interval time.Duration) time.Duration {
+	return min(max(20*took, time.Second), interval)
+}
+
 // start reads the run-wide figures and logs progress records until the
 // returned function is called; that stops them and clears the bar. store
 // reads the checkpoint tables.
@@ -138,21 +147,34 @@ func (p *progress) start(ctx context.Context, store *checkpoint.Store) (stop fun
 	go func() {
 		defer close(done)
 		// Read often enough for the metrics and the bar; log every interval.
+		// A read counts the run's slices, which costs the server more the
+		// more slices the run has: readEvery spaces the reads by what the
+		// last one took.
 		tick := time.NewTicker(min(p.interval, time.Second))
 		defer tick.Stop()
 		lastLog := time.Now()
+		var lastRead time.Time
+		var readTook time.Duration
+		read := func() {
+			lastRead = time.Now()
+			p.observe(ctx)
+			readTook = time.Since(lastRead)
+		}
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
+			due := time.Since(lastRead) >= readEvery(readTook, p.interval)
 			if time.Since(lastLog) >= p.interval {
 				lastLog = time.Now()
-				p.observe(ctx)
+				if due {
+					read()
+				}
 				p.record()
-			} else if p.metrics != nil || p.pb != nil {
-				p.observe(ctx)
+			} else if due && (p.metrics != nil || p.pb != nil) {
+				read()
 			}
 			p.describe()
 		}

@@ -34,3 +34,19 @@ func TestProcessPaceQuotedInAShortPass(t *testing.T) {
 		t.Fatalf("no pace while the process works: %s", buf.String())
 	}
 }
+
+// The run-wide figures are read every second while a read is cheap, and
+// spaced to twenty times what a read takes once the run's slices make it
+// dear, but never beyond the progress interval, whose records need them.
+func TestStatusReadsSpacedByTheirCost(t *testing.T) {
+	for _, c := range []struct{ took, interval, want time.Duration }{
+		{10 * time.Millisecond, 10 * time.Second, time.Second},
+		{200 * time.Millisecond, 10 * time.Second, 4 * time.Second},
+		{2 * time.Second, 10 * time.Second, 10 * time.Second},
+		{10 * time.Millisecond, 500 * time.Millisecond, 500 * time.Millisecond},
+	} {
+		if got := readEvery(c.took, c.interval); got != c.want {
+			t.Errorf("a read of %v with records every %v: next after %v, want %v", c.took, c.interval, got, c.want)
+		}
+	}
+}
