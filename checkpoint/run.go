@@ -429,13 +429,14 @@ func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64)
 	lower := LowerBound(rangeTo)
 	to, from, last := cursor, lower, true
 	scale := 1.0
+	restOfNewest := false // the newest month below its first piece of newest days
 	if top != nil && floor != nil {
 		next := *top // the newest piece starts at the newest month, or a day in it
 		if cursor.InfinityModifier != pgtype.Infinity {
 			c := cursor.Time.UTC()
 			next = c.AddDate(0, -pieceMonths(pieces, least), 0)
 			if month := time.Date(c.Year(), c.Month(), 1, 0, 0, 0, 0, time.UTC); month.Before(c) {
-				next = month // the rest of the newest month, below its first piece
+				next, restOfNewest = month, true // the rest of the newest month, below its first piece
 			}
 		}
 		if next.After(*floor) {
@@ -460,15 +461,22 @@ func (m MonthPieces) next(ctx context.Context, s *Store, tx pgx.Tx, runID int64)
 	if err != nil {
 		return false, err
 	}
-	// Only the first piece is on the critical path. The later ones are
+	// Only the first pieces are on the critical path. The later ones are
 	// planned while the workers keep the cores busy, where parallel
 	// workers would only add their coordination to the CPU the plan costs.
-	// The first piece of several (the newest month) looks its raw rows'
-	// tasks and agents up by primary key: a hash join reads the whole task
-	// table, which for one month of a long history costs several times
-	// the month's own lookups (10 M rows, 5.5 M tasks: seconds before the
-	// first slice).
+	// The first piece of several (the newest month, or its newest days)
+	// looks its raw rows' tasks and agents up by primary key: a hash join
+	// reads the whole task table, which for one month of a long history
+	// costs several times the month's own lookups (10 M rows, 5.5 M
+	// tasks: seconds before the first slice). So does the rest of the
+	// newest month after a first piece of its newest days: serial, it
+	// took 6–8 s through the hash join at 10 M rows while the workers,
+	// done with the first piece, waited for it.
 	switch {
+	case restOfNewest:
+		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off`); err != nil {
+			return false, err
+		}
 	case pieces > 0:
 		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
 			return false, err

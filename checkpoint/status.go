@@ -185,7 +185,11 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 	if fresh != nil {
 		run = fresh
 	}
-	c, err := s.Counts(ctx, run.ID)
+	procs, err := s.Processes(ctx, run.ID)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	c, recent, err := s.tally(ctx, run.ID, procs)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
@@ -220,9 +224,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	st.Paused, st.PausedBy, st.PausedAt, st.ControlVersion, st.Limits = ctl.Paused, ctl.PausedBy, ctl.PausedAt, ctl.Version, ctl.Limits
-	if st.Processes, err = s.Processes(ctx, run.ID); err != nil {
-		return nil, fmt.Errorf("status: %w", err)
-	}
+	st.Processes = procs
 	live := len(st.Processes) > 0
 	if run.State == StateInterrupted && live {
 		st.State = StateRunning // a process left while others work on
@@ -264,9 +266,7 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 		st.ThrottleReason = &reason
 	}
 
-	if err := s.pace(ctx, run, st, c); err != nil {
-		return nil, fmt.Errorf("status: %w", err)
-	}
+	pace(run, st, c, recent)
 	rows, err := s.db.Query(ctx, s.q(`SELECT DISTINCT owner FROM _SCHEMA_.slice s
 		WHERE run_id = $1 AND state = 'running' AND `+s.lock.HeldOrAwaitedBy("s.owner_pid")+` ORDER BY 1`), run.ID)
 	if err != nil {
@@ -295,30 +295,10 @@ func (s *Store) Status(ctx context.Context, run *Run) (*Status, error) {
 // the rows of the batches finished in the last minute over the time those
 // batches took (claim to commit, and the pause after each), times the
 // workers the live processes run; and no less than the rates in force allow.
-func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error {
+func pace(run *Run, st *Status, c Counts, b batches) {
 	window := time.Minute
-	var since *time.Time
-	for _, p := range st.Processes {
-		if since == nil || p.StartedAt.Before(*since) {
-			since = &p.StartedAt
-		}
-	}
-	var now time.Time
-	var recent int64
-	var working *time.Time
-	var busy float64 // seconds the batches took, summed over the workers
-	err := s.db.QueryRow(ctx, s.q(`
-		SELECT now(), coalesce(sum(b.rows), 0)::bigint, min(b.started_at),
-		       coalesce(sum(extract(epoch FROM b.took) + coalesce(p.sleep_between_slices_ms, 0) / 1000.0), 0)::float8
-		FROM (SELECT owner, started_at, sum(est_rows) AS rows, max(finished_at) - started_at AS took
-		      FROM _SCHEMA_.slice
-		      WHERE run_id = $1 AND state = 'done' AND finished_at > now() - interval '1 minute'
-		        AND ($2::timestamptz IS NULL OR finished_at >= $2)
-		      GROUP BY owner, started_at) b
-		LEFT JOIN _SCHEMA_.process p ON p.run_id = $1 AND p.owner = b.owner`), run.ID, since).Scan(&now, &recent, &working, &busy)
-	if err != nil {
-		return err
-	}
+	since := b.since
+	now, recent, working, busy := b.now, b.rows, b.started, b.busy
 	if since != nil {
 		// The first seconds of a process's work are not a minute: divide by
 		// the time it has actually worked (at least a second, so a single
@@ -334,14 +314,14 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 	if st.State != StateRunning {
 		// Done, failed, paused or interrupted: nothing moves now, whatever
 		// finished in the last minute.
-		return nil
+		return
 	}
 	st.RowsPerSecond = float64(recent) / window.Seconds()
 	if c.Unfinished() == 0 && st.RowsTotalEstimated == nil {
-		return nil // nothing left, unless planning goes on: then the rows not planned yet are
+		return // nothing left, unless planning goes on: then the rows not planned yet are
 	}
 	if held(st) {
-		return nil // no number: ThrottleReason says what holds it
+		return // no number: ThrottleReason says what holds it
 	}
 	rowsLeft, slicesLeft := float64(max(run.RowsTotal-c.RowsDone, 0)), float64(c.Unfinished())
 	if est := st.RowsTotalEstimated; est != nil && run.RowsTotal > 0 {
@@ -367,7 +347,62 @@ func (s *Store) pace(ctx context.Context, run *Run, st *Status, c Counts) error 
 	if eta > 0 && !math.IsInf(eta, 0) {
 		st.ETASeconds = &eta
 	}
-	return nil
+}
+
+// batches are the run's batches finished in the last minute, for pace.
+type batches struct {
+	now     time.Time
+	since   *time.Time // the earliest start of a live process; nil when none
+	rows    int64      // their raw rows
+	started *time.Time // the earliest claim among them
+	busy    float64    // seconds they took, claim to commit plus the pause after each, summed
+}
+
+// tally counts the run's slices by state and sums its recent batches
+// (those finished in the last minute, since the earliest of procs
+// started) in one pass over the run's slices. A status read repeats it
+// while the run works, and on half a million slices it takes the server
+// a good part of a second: one pass rather than two, and no parallel
+// workers, which would take the cores from the run being watched.
+func (s *Store) tally(ctx context.Context, runID int64, procs []Process) (Counts, batches, error) {
+	var c Counts
+	var b batches
+	for _, p := range procs {
+		if b.since == nil || p.StartedAt.Before(*b.since) {
+			b.since = &p.StartedAt
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL max_parallel_workers_per_gather = 0`); err != nil {
+			return err
+		}
+		// One group per state, and per batch (owner and claim time) among
+		// the recent ones.
+		return tx.QueryRow(ctx, s.q(`
+			SELECT now(),
+			       coalesce(sum(g.n), 0)::bigint,
+			       coalesce(sum(g.n) FILTER (WHERE g.state = 'pending'), 0)::bigint,
+			       coalesce(sum(g.n) FILTER (WHERE g.state = 'running'), 0)::bigint,
+			       coalesce(sum(g.n) FILTER (WHERE g.state = 'done'), 0)::bigint,
+			       coalesce(sum(g.n) FILTER (WHERE g.state = 'failed'), 0)::bigint,
+			       coalesce(sum(g.rows) FILTER (WHERE g.state = 'done'), 0)::bigint,
+			       coalesce(sum(g.rows) FILTER (WHERE g.recent), 0)::bigint,
+			       min(g.started_at) FILTER (WHERE g.recent),
+			       coalesce(sum(extract(epoch FROM g.took) + coalesce(p.sleep_between_slices_ms, 0) / 1000.0)
+			                FILTER (WHERE g.recent), 0)::float8
+			FROM (SELECT state,
+			             state = 'done' AND finished_at > now() - interval '1 minute'
+			                 AND ($2::timestamptz IS NULL OR finished_at >= $2) AS recent,
+			             CASE WHEN state = 'done' THEN owner END AS owner,
+			             CASE WHEN state = 'done' THEN started_at END AS started_at,
+			             count(*) AS n, sum(est_rows) AS rows, max(finished_at) - min(started_at) AS took
+			      FROM _SCHEMA_.slice
+			      WHERE run_id = $1
+			      GROUP BY 1, 2, 3, 4) g
+			LEFT JOIN _SCHEMA_.process p ON g.recent AND p.run_id = $1 AND p.owner = g.owner`), runID, b.since).
+			Scan(&b.now, &c.Total, &c.Pending, &c.Running, &c.Done, &c.Failed, &c.RowsDone, &b.rows, &b.started, &b.busy)
+	})
+	return c, b, err
 }
 
 // etaWarmup: a pace measured over less than this, on less than a
