@@ -330,9 +330,10 @@ func pace(run *Run, st *Status, c Counts, b batches) {
 		rowsLeft = float64(max(*est-c.RowsDone, 0))
 		slicesLeft = max(float64(c.Total)*float64(*est)/float64(run.RowsTotal)-float64(c.Done+c.Failed), slicesLeft)
 	}
+	workers, rate := inForce(st.Processes)
 	pace := st.RowsPerSecond
-	if w := workersInForce(st.Processes); w > 0 && busy > 0 {
-		pace = float64(recent) / busy * float64(w)
+	if workers > 0 && busy > 0 {
+		pace = float64(recent) / busy * float64(workers)
 	}
 	var eta float64
 	if pace > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
@@ -341,8 +342,8 @@ func pace(run *Run, st *Status, c Counts, b batches) {
 	// A rate in force bounds the pace whatever the rows: every unfinished
 	// slice needs a token of some working process's limiter, at the rate
 	// the health throttle lets it have.
-	if r := ratesInForce(st.Processes); r > 0 {
-		eta = max(eta, slicesLeft/r)
+	if rate > 0 {
+		eta = max(eta, slicesLeft/rate)
 	}
 	if eta > 0 && !math.IsInf(eta, 0) {
 		st.ETASeconds = &eta
@@ -429,42 +430,30 @@ func held(st *Status) bool {
 	return true
 }
 
-// workersInForce sums the workers the working processes run (their
-// concurrency as the health throttle lowered it); 0 when none works.
-func workersInForce(procs []Process) int {
-	n := 0
+// inForce sums what the working processes run at, as the health throttle
+// lowered their limits: their workers, and their rates (0 when one of them
+// is unlimited or none works).
+func inForce(procs []Process) (workers int, rate float64) {
+	unlimited := false
 	for _, p := range procs {
 		if p.State != ProcessWorking {
 			continue
 		}
-		c := p.Concurrency
+		c, r := p.Concurrency, p.Rate
 		if p.EffectiveConcurrency != nil {
 			c = *p.EffectiveConcurrency
 		}
-		n += max(c, 0)
-	}
-	return n
-}
-
-// ratesInForce sums the rates the working processes run at (their
-// limits as the health throttle lowered them); 0 when one of them is
-// unlimited or none works.
-func ratesInForce(procs []Process) float64 {
-	var sum float64
-	for _, p := range procs {
-		if p.State != ProcessWorking {
-			continue
-		}
-		r := p.Rate
 		if p.EffectiveRate != nil {
 			r = *p.EffectiveRate
 		}
-		if r <= 0 {
-			return 0
-		}
-		sum += r
+		workers += max(c, 0)
+		unlimited = unlimited || r <= 0
+		rate += r
 	}
-	return sum
+	if unlimited {
+		rate = 0
+	}
+	return workers, rate
 }
 
 // estimatedRows estimates the raw rows of a run still being planned, from

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/shardfill/shardfill/checkpoint"
 )
 
@@ -89,13 +90,8 @@ func TestETAUsesThePaceInForceAndSaysHeld(t *testing.T) {
 // per second ahead of it, not rows / 20 s.
 func TestETAIsTheWorkersPace(t *testing.T) {
 	t.Parallel()
-	pool, store, pid := claimSetup(t)
+	pool, store, run := workingRun(t)
 	ctx := context.Background()
-	run := newRun(t, pool, store)
-	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
-		State: checkpoint.ProcessWorking}); err != nil {
-		t.Fatal(err)
-	}
 	// Two batches of a third of the slices each (by id), one finished 19 s
 	// ago, one now, each after a second's work.
 	var rows int64
@@ -132,6 +128,19 @@ func TestETAIsTheWorkersPace(t *testing.T) {
 	}
 }
 
+// workingRun plans a fresh run with one process working on it, with two
+// workers.
+func workingRun(t *testing.T) (*pgxpool.Pool, *checkpoint.Store, *checkpoint.Run) {
+	t.Helper()
+	pool, store, pid := claimSetup(t)
+	run := newRun(t, pool, store)
+	if err := store.Acknowledge(context.Background(), run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
+		State: checkpoint.ProcessWorking}); err != nil {
+		t.Fatal(err)
+	}
+	return pool, store, run
+}
+
 func ptr[T any](p *T) any {
 	if p == nil {
 		return nil
@@ -143,13 +152,8 @@ func ptr[T any](p *T) any {
 // pace is no pace yet: status gives no ETA rather than one of years.
 func TestNoETAFromTheFirstTinySlices(t *testing.T) {
 	t.Parallel()
-	pool, store, pid := claimSetup(t)
+	pool, store, run := workingRun(t)
 	ctx := context.Background()
-	run := newRun(t, pool, store)
-	if err := store.Acknowledge(ctx, run.ID, checkpoint.Process{Owner: "p", LockPID: pid, Burst: 1, Concurrency: 2,
-		State: checkpoint.ProcessWorking}); err != nil {
-		t.Fatal(err)
-	}
 	var rows int64
 	if err := pool.QueryRow(ctx, `
 		WITH d AS (UPDATE shardfill.slice SET state = 'done', started_at = clock_timestamp(), finished_at = clock_timestamp()
