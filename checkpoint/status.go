@@ -331,13 +331,13 @@ func pace(run *Run, st *Status, c Counts, b batches) {
 		slicesLeft = max(float64(c.Total)*float64(*est)/float64(run.RowsTotal)-float64(c.Done+c.Failed), slicesLeft)
 	}
 	workers, rate := inForce(st.Processes)
-	pace := st.RowsPerSecond
+	workersPace := st.RowsPerSecond
 	if workers > 0 && busy > 0 {
-		pace = float64(recent) / busy * float64(workers)
+		workersPace = float64(recent) / busy * float64(workers)
 	}
 	var eta float64
-	if pace > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
-		eta = rowsLeft / pace
+	if workersPace > 0 && (window >= etaWarmup || c.RowsDone*100 >= run.RowsTotal) {
+		eta = rowsLeft / workersPace
 	}
 	// A rate in force bounds the pace whatever the rows: every unfinished
 	// slice needs a token of some working process's limiter, at the rate
