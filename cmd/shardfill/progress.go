@@ -126,8 +126,8 @@ func (p *progress) event(ev engine.Event) {
 	}
 }
 
-// readEvery is how long after a read that took took the run-wide figures
-// are read again: a second, or 20 times what the read took (a read of half
+// readEvery is how long to wait before reading the run-wide figures again
+// when the last read took took: a second, or 20 times that (a read of half
 // a million slices takes the server a good part of a second), so reading
 // stays a twentieth of one server core; never longer than the progress
 // interval, whose records need them.
